@@ -1,0 +1,145 @@
+"""Ack receipts: sid allocation, the unacked window, re-send timing and expiry.
+
+Rules (docs/protocol.md, "Ack flow"):
+- every acked push gets a non-zero sid, unique across the cluster: node id in the
+  high bits, a counter seeded from the clock below it; sids stay below 2**53 so
+  JavaScript clients read them exactly;
+- an entry is sent up to ``max_tries`` times, one every ``interval``; when the last
+  interval passes without a receipt it expires (``reason="max_tries"``);
+- a send that finds the user offline uses no try; the entry waits ``keep_offline``
+  seconds for the user to return (then expires with ``reason="offline"``); when the
+  user reconnects, every unacked entry is re-delivered at once, in order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+NODE_BITS = 10
+COUNTER_BITS = 42
+_COUNTER_MASK = (1 << COUNTER_BITS) - 1
+
+
+class SidAllocator:
+    def __init__(self, node_id: int) -> None:
+        if not 0 <= node_id < 1 << NODE_BITS:
+            raise ValueError(f"node_id must be 0-{(1 << NODE_BITS) - 1}")
+        self._high = node_id << COUNTER_BITS
+        # Milliseconds since the epoch: a restarted node continues above its old sids
+        # unless it handed out more than 1000 acked pushes per second on average.
+        self._counter = int(time.time() * 1000) & _COUNTER_MASK
+
+    def next(self) -> int:
+        self._counter = (self._counter + 1) & _COUNTER_MASK
+        if self._counter == 0:
+            self._counter = 1
+        return self._high | self._counter
+
+
+def node_of(sid: int) -> int:
+    return sid >> COUNTER_BITS
+
+
+class Unacked:
+    __slots__ = ("done", "due", "offline_since", "payload", "sid", "tries", "user_id")
+
+    def __init__(self, user_id: str, sid: int, payload: bytes, due: float) -> None:
+        self.user_id = user_id
+        self.sid = sid
+        self.payload = payload
+        self.tries = 0
+        self.due = due
+        self.offline_since: float | None = None
+        self.done = False
+
+
+class AckTracker:
+    def __init__(
+        self,
+        *,
+        interval: float,
+        max_tries: int,
+        keep_offline: float,
+        clock: Callable[[], float],
+        resend: Callable[[Unacked], bool],
+        on_acked: Callable[[Unacked], None],
+        on_expired: Callable[[Unacked, str], None],
+    ) -> None:
+        self.interval = interval
+        self.max_tries = max_tries
+        self.keep_offline = keep_offline
+        self._clock = clock
+        self._resend = resend
+        self._on_acked = on_acked
+        self._on_expired = on_expired
+        self._by_user: dict[str, dict[int, Unacked]] = {}
+        self._due: deque[Unacked] = deque()
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self._by_user.values())
+
+    def track(self, user_id: str, sid: int, payload: bytes, sent: bool) -> Unacked:
+        """Remember a message just sent (or found offline) to ``user_id``."""
+        now = self._clock()
+        entry = Unacked(user_id, sid, payload, now + self.interval)
+        if sent:
+            entry.tries = 1
+        else:
+            entry.offline_since = now
+        self._by_user.setdefault(user_id, {})[sid] = entry
+        self._due.append(entry)
+        return entry
+
+    def ack(self, user_id: str, sid: int) -> bool:
+        """A receipt from ``user_id``; False if the sid is unknown or not theirs."""
+        entries = self._by_user.get(user_id)
+        entry = entries.pop(sid, None) if entries else None
+        if entry is None:
+            return False
+        if not entries:
+            del self._by_user[user_id]
+        entry.done = True
+        self._on_acked(entry)
+        return True
+
+    def pending(self, user_id: str) -> list[Unacked]:
+        """Unacked entries of ``user_id`` in the order they were first sent."""
+        return list(self._by_user.get(user_id, {}).values())
+
+    def redelivered(self, entry: Unacked) -> None:
+        """Account a re-delivery made on reconnect."""
+        entry.tries += 1
+        entry.offline_since = None
+
+    def tick(self) -> None:
+        """Re-send or expire every entry whose interval has passed."""
+        now = self._clock()
+        due = self._due
+        while due and due[0].due <= now:
+            entry = due.popleft()
+            if entry.done:
+                continue
+            if entry.tries >= self.max_tries:
+                self._expire(entry, "max_tries")
+                continue
+            if self._resend(entry):
+                entry.tries += 1
+                entry.offline_since = None
+            elif entry.offline_since is None:
+                entry.offline_since = now
+            elif now - entry.offline_since >= self.keep_offline:
+                self._expire(entry, "offline")
+                continue
+            entry.due = now + self.interval
+            due.append(entry)
+
+    def _expire(self, entry: Unacked, reason: str) -> None:
+        entries = self._by_user.get(entry.user_id)
+        if entries is not None:
+            entries.pop(entry.sid, None)
+            if not entries:
+                del self._by_user[entry.user_id]
+        entry.done = True
+        self._on_expired(entry, reason)

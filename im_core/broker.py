@@ -1,0 +1,109 @@
+"""The broker contract: how a push travels from the node that got it to the nodes
+that hold its targets, and where cluster-wide state (presence, counts) lives.
+
+One broker is chosen at startup through the ``im_broker`` hook. The in-memory
+broker (``im_plugins.memory_broker``) serves a single node; Redis and NATS brokers
+make several nodes one service. A broker calls back into its node only through
+the ``LocalNode`` methods below.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Literal, Protocol
+
+import attrs
+
+from .tags import TagStat
+
+Kind = Literal["users", "all", "tags_any", "tags_all"]
+
+
+@attrs.frozen(slots=True)
+class Push:
+    """One message to deliver. ``sid`` is non-zero when the push wants an ack."""
+
+    kind: Kind
+    payload: bytes
+    users: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    sid: int = 0
+
+
+@attrs.frozen
+class Presence:
+    user_id: str
+    node_id: int
+    conn_id: str
+    tags: tuple[str, ...]
+    connected_at: float
+
+
+class LocalNode(Protocol):
+    """What a broker may ask of the node it runs in."""
+
+    node_id: int
+
+    def deliver(self, push: Push) -> list[str]:
+        """Deliver to local connections; for a user push return the users not reached."""
+        ...
+
+    def local_presence(self, user_id: str) -> Presence | None: ...
+
+    def local_count(self) -> int: ...
+
+    def local_distribution(self) -> dict[str, TagStat]: ...
+
+    def kick_local(self, user_id: str, code: int, reason: str, conn_id: str | None) -> bool:
+        """Close the user's local connection (only ``conn_id``, when given)."""
+        ...
+
+    def retag_local(self, user_id: str, add: tuple[str, ...], remove: tuple[str, ...]) -> bool: ...
+
+
+class Broker(abc.ABC):
+    """Routes pushes and keeps cluster-wide state. Every method may raise
+    ``errors.Unavailable`` when the backing service cannot be reached."""
+
+    name: str = "broker"
+
+    @abc.abstractmethod
+    async def start(self, node: LocalNode) -> None:
+        """Connect; from now on deliver pushes for this node through ``node.deliver``."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Leave the cluster (drop this node's presence) and disconnect."""
+
+    @abc.abstractmethod
+    async def publish(self, push: Push) -> list[str]:
+        """Route ``push`` to the nodes that hold its targets; for a user push return
+        the users that are not online (or could not be reached)."""
+
+    @abc.abstractmethod
+    async def connected(self, presence: Presence) -> None:
+        """A user connected here: record presence and close any older login of the
+        same user on other nodes (``REPLACED``)."""
+
+    @abc.abstractmethod
+    async def disconnected(self, presence: Presence) -> None:
+        """A user's connection closed here (unless a newer one replaced it)."""
+
+    @abc.abstractmethod
+    async def online_count(self) -> int: ...
+
+    @abc.abstractmethod
+    async def presence(self, user_id: str) -> Presence | None: ...
+
+    @abc.abstractmethod
+    async def distribution(self) -> dict[str, TagStat]: ...
+
+    @abc.abstractmethod
+    async def kick(self, user_id: str, code: int, reason: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def retag(self, user_id: str, add: tuple[str, ...], remove: tuple[str, ...]) -> bool: ...
+
+    def healthy(self) -> bool:
+        """False while the backing service is unreachable."""
+        return True

@@ -1,0 +1,195 @@
+"""One user connection: identity, tags, send queue, liveness and the one close path.
+
+A connection does no I/O of its own and owns no task. Fan-out calls ``send`` with
+prepared frame bytes; frames queue in a list and the server's outbox writes each
+connection's queue in one ``transport.write`` per loop iteration (write coalescing).
+The transport plugin that accepted the socket reads it and calls ``server.on_frame``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .errors import CloseCode
+from .frames import OP_BINARY, OP_TEXT, frame
+
+if TYPE_CHECKING:
+    from .codec import Codec
+
+
+class Writer(Protocol):
+    """The part of an ``asyncio.Transport`` a connection writes through."""
+
+    def write(self, data: bytes) -> None: ...
+    def get_write_buffer_size(self) -> int: ...
+
+
+class Format:
+    """A (codec, frame type) pair: connections sharing one share every encoded frame."""
+
+    __slots__ = ("binary", "codec", "opcode")
+
+    def __init__(self, codec: Codec, binary: bool) -> None:
+        self.codec = codec
+        self.binary = binary
+        self.opcode = OP_BINARY if binary else OP_TEXT
+
+    def build(self, sid: int, payload: bytes) -> bytes:
+        return frame(self.opcode, self.codec.encode_push(sid, payload))
+
+    def __repr__(self) -> str:
+        return f"Format({self.codec.name}, {'binary' if self.binary else 'text'})"
+
+
+class Connection:
+    __slots__ = (
+        "__weakref__",
+        "_closer",
+        "_on_close",
+        "_outbox",
+        "_pending",
+        "_stuck",
+        "_transport",
+        "close_code",
+        "close_reason",
+        "closed",
+        "conn_id",
+        "connected_at",
+        "fmt",
+        "last_seen",
+        "limit_bytes",
+        "limit_frames",
+        "meta",
+        "remote",
+        "tags",
+        "user_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        conn_id: str,
+        user_id: str,
+        tags: set[str],
+        meta: dict[str, Any],
+        fmt: Format,
+        transport: Writer,
+        closer: Callable[[int, str], None],
+        outbox: Outbox,
+        on_close: Callable[[Connection, int, str], None],
+        now: float,
+        limit_frames: int,
+        limit_bytes: int,
+        remote: str | None = None,
+    ) -> None:
+        self.conn_id = conn_id
+        self.user_id = user_id
+        self.tags = tags
+        self.meta = meta
+        self.fmt = fmt
+        self.remote = remote
+        self.connected_at = time.time()
+        self.last_seen = now
+        self.closed = False
+        self.close_code = 0
+        self.close_reason = ""
+        self.limit_frames = limit_frames
+        self.limit_bytes = limit_bytes
+        self._transport = transport
+        self._closer = closer
+        self._outbox = outbox
+        self._on_close = on_close
+        self._pending: list[bytes] = []
+        self._stuck = 0
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.user_id!r} {self.conn_id} {self.fmt!r}>"
+
+    # -- sending -------------------------------------------------------------
+
+    def send(self, frame: bytes) -> bool:
+        """Queue one prepared frame without blocking; False if it will not be delivered.
+
+        A connection whose socket is congested (the transport holds unsent bytes) may
+        keep ``limit_frames`` frames / ``limit_bytes`` bytes back; past that it is
+        closed as a slow consumer rather than slowing the sender down.
+        """
+        if self.closed:
+            return False
+        pending = self._pending
+        buffered = self._transport.get_write_buffer_size()
+        if buffered and (
+            self._stuck + len(pending) >= self.limit_frames
+            or buffered + len(frame) > self.limit_bytes
+        ):
+            self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+            return False
+        if not pending:
+            self._outbox.mark(self)
+        pending.append(frame)
+        return True
+
+    def flush(self) -> None:
+        """Write every queued frame in one call (called by the outbox)."""
+        pending = self._pending
+        if not pending or self.closed:
+            return
+        self._pending = []
+        transport = self._transport
+        if not transport.get_write_buffer_size():
+            self._stuck = 0
+        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        if transport.get_write_buffer_size():
+            self._stuck += len(pending)
+
+    def write_now(self, frame: bytes) -> None:
+        """Write a control frame (ping) straight away, bypassing the queue."""
+        if not self.closed:
+            self._transport.write(frame)
+
+    # -- liveness and closing ------------------------------------------------
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """The one close path: every disconnect, from any side, ends here once."""
+        if self.closed:
+            return
+        if code != CloseCode.SLOW_CONSUMER:
+            self.flush()
+        self.closed = True
+        self.close_code = int(code)
+        self.close_reason = reason
+        self._pending = []
+        try:
+            self._closer(int(code), reason)
+        finally:
+            self._on_close(self, int(code), reason)
+
+
+class Outbox:
+    """Connections with queued frames; flushed once per event-loop iteration.
+
+    Marking costs one list append; the flush is one ``call_soon`` however many
+    connections and frames were queued, so a burst of pushes reaches each socket
+    as one write.
+    """
+
+    __slots__ = ("_dirty", "_loop", "_scheduled")
+
+    def __init__(self, loop: Any) -> None:
+        self._loop = loop
+        self._dirty: list[Connection] = []
+        self._scheduled = False
+
+    def mark(self, conn: Connection) -> None:
+        self._dirty.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.flush()

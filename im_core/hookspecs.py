@@ -1,0 +1,148 @@
+"""Every hook of im, in one place.
+
+Hooks run in the node's event loop. Any hook may return an awaitable instead of a
+value; the core awaits it (``await_me_maybe``), so implementations may be plain
+functions or ``async def``. Implement only the arguments you need: pluggy passes
+hook arguments by name.
+
+Hooks marked *firstresult* stop at the first implementation that returns
+something other than ``None`` (plugins registered later are asked first, so an
+installed plugin overrides a built-in one). *historic* hooks are replayed to
+plugins registered late.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .broker import Broker
+    from .codec import Codec
+    from .connection import Connection
+    from .identity import ConnectRequest, Identity, Reject
+    from .server import Server
+    from .transport import Transport
+
+hookspec = pluggy.HookspecMarker("im")
+hookimpl = pluggy.HookimplMarker("im")
+
+
+# --- configuration -----------------------------------------------------------
+
+
+@hookspec(historic=True)
+def im_add_options(add: Callable[..., None]) -> None:
+    """Declare options of a plugin.
+
+    Call ``add(name, default, help, type=str, choices=None)`` for each option. Each
+    becomes a CLI flag (``--name-with-dashes``), an environment variable
+    (``IM_NAME``) and a TOML key; its value is in ``server.options.plugin[name]``.
+    """
+
+
+@hookspec
+def im_register_codecs(register: Callable[[Codec], None]) -> None:
+    """Contribute codecs: call ``register(codec)`` for each (see ``im_core.codec.Codec``).
+
+    Called once at startup. A codec's ``name`` is what clients ask for with
+    ``?codec=NAME``; a later registration of the same name replaces an earlier one.
+    """
+
+
+@hookspec
+def im_register_transports(register: Callable[[Transport], None], server: Server) -> None:
+    """Contribute transports (listeners): call ``register(transport)`` for each.
+
+    Called once at startup; transports are started in registration order and
+    stopped in reverse order. See ``im_core.transport.Transport``.
+    """
+
+
+@hookspec(firstresult=True)
+def im_broker(server: Server) -> Broker | None:
+    """Return the broker for this node, or ``None`` if ``server.options.broker``
+    does not name yours. Called once at startup; the first non-None result wins.
+    """
+
+
+# --- lifecycle -----------------------------------------------------------------
+
+
+@hookspec
+def im_startup(server: Server) -> None:
+    """The node is up: transports listen, the broker is connected.
+
+    Use it to start a plugin's own background work. All implementations run, in
+    order; an exception aborts startup.
+    """
+
+
+@hookspec
+def im_shutdown(server: Server) -> None:
+    """The node is shutting down: connections are closed, the broker is still
+    connected. Release what ``im_startup`` acquired. Exceptions are logged."""
+
+
+# --- connections ---------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def im_validate(server: Server, request: ConnectRequest) -> Identity | Reject | None:
+    """Authenticate a connection attempt before the WebSocket upgrade.
+
+    ``request`` carries the token, query, headers and remote address. Return an
+    ``Identity`` (user id, tags, metadata) to accept, a ``Reject`` (status, reason)
+    to refuse with that HTTP status and a JSON body, or ``None`` when the request
+    is not yours to judge. If every implementation returns ``None`` the attempt is
+    refused with 401. The default (``im_plugins.token_auth``) accepts any non-empty
+    token as the user id: a development default.
+    """
+
+
+@hookspec
+def im_validate_failed(server: Server, request: ConnectRequest, reject: Reject) -> None:
+    """A connection attempt was refused (``reject`` says why). For logging,
+    metrics or rate limiting; the refusal itself is already decided."""
+
+
+@hookspec
+def im_connected(server: Server, conn: Connection) -> None:
+    """A connection was upgraded and registered (any older login of the same user
+    has been replaced). Awaited before the connection's first frame is read."""
+
+
+@hookspec
+def im_disconnected(server: Server, conn: Connection, code: int, reason: str) -> None:
+    """A connection closed, for any reason; ``code`` is the WebSocket close code
+    (``im_core.errors.CloseCode``) and ``reason`` a short text. Called once per
+    connection, after it left its bucket and tag groups."""
+
+
+@hookspec
+def im_receive(server: Server, conn: Connection, data: bytes) -> None:
+    """Business data from a client: exactly the bytes it sent (for the protobuf
+    codec, the ``data`` field of its ``ClientFrame``). Acks never arrive here.
+
+    Awaited in the connection's read loop, so a slow handler slows only its own
+    connection's reads.
+    """
+
+
+# --- acks ----------------------------------------------------------------------
+
+
+@hookspec
+def im_acked(server: Server, user_id: str, sid: int) -> None:
+    """``user_id`` acknowledged the push ``sid``; no more re-sends happen."""
+
+
+@hookspec
+def im_ack_expired(
+    server: Server, user_id: str, sid: int, payload: bytes, tries: int, reason: str
+) -> None:
+    """The push ``sid`` to ``user_id`` was not acknowledged: after ``tries`` sends
+    (``reason="max_tries"``) or because the user stayed offline
+    (``reason="offline"``). ``payload`` lets a backend store it for later."""

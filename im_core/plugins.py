@@ -1,0 +1,198 @@
+"""The plugin manager factory and the typed façade the core calls hooks through.
+
+Load order: hook specs -> built-in plugins (``DEFAULT_PLUGINS``) -> entry points of
+the group ``im`` (unless ``IM_DISABLE_PLUGIN_AUTOLOAD`` is set) -> plugins named
+with ``--plugin``. ``--plugin no:NAME`` blocks a plugin by name, built-in or not.
+Later registrations are asked first by firstresult hooks, so an installed plugin
+overrides a built-in one. ``IM_TRACE_HOOKS=1`` logs every hook call.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterable
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pluggy
+
+from . import hookspecs
+
+if TYPE_CHECKING:
+    from .broker import Broker
+    from .codec import Codec
+    from .connection import Connection
+    from .identity import ConnectRequest, Identity, Reject
+    from .server import Server
+    from .transport import Transport
+
+log = logging.getLogger("im.plugins")
+T = TypeVar("T")
+
+ENTRY_POINT_GROUP = "im"
+AUTOLOAD_ENV = "IM_DISABLE_PLUGIN_AUTOLOAD"
+TRACE_ENV = "IM_TRACE_HOOKS"
+
+#: Built-in plugins: (name, module). Registered exactly like external ones.
+DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("memory_broker", "im_plugins.memory_broker"),
+    ("json_codec", "im_plugins.json_codec"),
+    ("protobuf_codec", "im_plugins.protobuf_codec"),
+    ("token_auth", "im_plugins.token_auth"),
+    ("http", "im_plugins.http"),
+)
+
+
+class PluginError(Exception):
+    """A plugin named on the command line could not be loaded."""
+
+
+def get_plugin_manager(
+    plugins: Iterable[str] = (), *, autoload: bool | None = None
+) -> pluggy.PluginManager:
+    """Build the plugin manager: specs, built-ins, entry points, then ``plugins``."""
+    pm = pluggy.PluginManager("im")
+    pm.add_hookspecs(hookspecs)
+    plugins = list(plugins)
+    for spec in plugins:
+        if spec.startswith("no:"):
+            pm.set_blocked(spec[3:])
+    for name, module in DEFAULT_PLUGINS:
+        if not pm.is_blocked(name):
+            pm.register(importlib.import_module(module), name)
+    if autoload is None:
+        autoload = not os.environ.get(AUTOLOAD_ENV)
+    if autoload:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    for spec in plugins:
+        if not spec.startswith("no:"):
+            load_plugin(pm, spec)
+    pm.check_pending()
+    if os.environ.get(TRACE_ENV):
+        pm.trace.root.setwriter(log.info)
+        pm.enable_tracing()
+    return pm
+
+
+def load_plugin(pm: pluggy.PluginManager, spec: str) -> None:
+    """Register the plugin ``spec``: an entry-point name of the group ``im``, or a
+    dotted module path."""
+    if pm.has_plugin(spec) or pm.is_blocked(spec):
+        return
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == spec:
+            try:
+                pm.register(ep.load(), spec)
+            except Exception as exc:
+                raise PluginError(f"cannot load plugin {spec!r}: {exc}") from exc
+            return
+    try:
+        module = importlib.import_module(spec)
+    except ImportError as exc:
+        raise PluginError(
+            f"cannot load plugin {spec!r}: no entry point of that name in group "
+            f"{ENTRY_POINT_GROUP!r} and no importable module ({exc})"
+        ) from exc
+    pm.register(module, spec)
+
+
+def plugin_table(pm: pluggy.PluginManager) -> list[tuple[str, list[str]]]:
+    """(plugin name, hooks it implements) for every registered plugin."""
+    rows = []
+    for name, plugin in pm.list_name_plugin():
+        callers = pm.get_hookcallers(plugin) or []
+        rows.append((name, sorted(c.name for c in callers)))
+    return rows
+
+
+async def await_me_maybe(value: T | Awaitable[T] | Callable[[], Any]) -> T:
+    """Accept a value, a coroutine/awaitable or a zero-argument callable."""
+    if callable(value) and not inspect.isawaitable(value):
+        value = value()
+    if inspect.isawaitable(value):
+        value = await value
+    return value  # type: ignore[return-value]
+
+
+class Hooks:
+    """One method per hook, so the core never calls ``pm.hook.x(**kwargs)`` itself."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        hook = pm.hook
+        self._hook = hook
+        # Per-frame hook: skip the call machinery entirely when nobody listens.
+        self.has_receive = bool(hook.im_receive.get_hookimpls())
+
+    def add_options(self, add: Callable[..., None]) -> None:
+        self._hook.im_add_options.call_historic(kwargs={"add": add})
+
+    def codecs(self) -> dict[str, Codec]:
+        found: dict[str, Codec] = {}
+        # Called oldest-first so later plugins override earlier ones.
+        for impl in self._hook.im_register_codecs.get_hookimpls():
+            impl.function(register=lambda c: found.__setitem__(c.name, c))
+        return found
+
+    def transports(self, server: Server) -> list[Transport]:
+        found: list[Transport] = []
+        for impl in self._hook.im_register_transports.get_hookimpls():
+            kwargs = {"register": found.append, "server": server}
+            impl.function(**{k: kwargs[k] for k in impl.argnames})
+        return found
+
+    def broker(self, server: Server) -> Broker | None:
+        return self._hook.im_broker(server=server)
+
+    async def _all(self, caller: Any, **kwargs: Any) -> list[Any]:
+        return [await await_me_maybe(r) for r in caller(**kwargs)]
+
+    async def startup(self, server: Server) -> None:
+        await self._all(self._hook.im_startup, server=server)
+
+    async def shutdown(self, server: Server) -> None:
+        for r in self._hook.im_shutdown(server=server):
+            try:
+                await await_me_maybe(r)
+            except Exception:
+                log.exception("im_shutdown hook failed")
+
+    async def validate(self, server: Server, request: ConnectRequest) -> Identity | Reject | None:
+        return await await_me_maybe(self._hook.im_validate(server=server, request=request))
+
+    async def validate_failed(
+        self, server: Server, request: ConnectRequest, reject: Reject
+    ) -> None:
+        await self._all(
+            self._hook.im_validate_failed, server=server, request=request, reject=reject
+        )
+
+    async def connected(self, server: Server, conn: Connection) -> None:
+        await self._all(self._hook.im_connected, server=server, conn=conn)
+
+    async def disconnected(self, server: Server, conn: Connection, code: int, reason: str) -> None:
+        await self._all(
+            self._hook.im_disconnected, server=server, conn=conn, code=code, reason=reason
+        )
+
+    async def receive(self, server: Server, conn: Connection, data: bytes) -> None:
+        await self._all(self._hook.im_receive, server=server, conn=conn, data=data)
+
+    async def acked(self, server: Server, user_id: str, sid: int) -> None:
+        await self._all(self._hook.im_acked, server=server, user_id=user_id, sid=sid)
+
+    async def ack_expired(
+        self, server: Server, user_id: str, sid: int, payload: bytes, tries: int, reason: str
+    ) -> None:
+        await self._all(
+            self._hook.im_ack_expired,
+            server=server,
+            user_id=user_id,
+            sid=sid,
+            payload=payload,
+            tries=tries,
+            reason=reason,
+        )

@@ -1,0 +1,476 @@
+"""The im node: lifecycle (start, drain, stop) and the public push API.
+
+Data flow: a push API call -> ``Server.push*`` -> broker -> every node holding a
+target -> ``Server.deliver`` -> local lookup -> encode once per ``Format`` ->
+non-blocking ``Connection.send`` -> the outbox writes each socket once per loop
+iteration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import pluggy
+
+from .ack import AckTracker, SidAllocator, Unacked
+from .broker import Broker, Kind, Presence, Push
+from .bucket import Buckets
+from .codec import BadFrame, Codec
+from .connection import Connection, Format, Outbox, Writer
+from .errors import Busy, CloseCode, InvalidArgument, NotFound, PayloadTooLarge
+from .identity import ConnectRequest, Identity, Reject
+from .options import MESSAGE_TYPES, Options
+from .plugins import Hooks, get_plugin_manager
+from .tags import TagIndex, TagStat
+from .transport import Transport
+
+log = logging.getLogger("im.server")
+
+
+class Rejected(Exception):
+    """A connection attempt the validate hook refused."""
+
+    def __init__(self, reject: Reject) -> None:
+        super().__init__(reject.reason)
+        self.reject = reject
+
+
+class ConfigError(Exception):
+    """The plugins cannot serve the options (unknown broker, unknown codec)."""
+
+
+@attrs.frozen
+class PushResult:
+    """Outcome of a push to users: its sid (0 without ack) and who was not reached."""
+
+    sid: int
+    missing: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Queued:
+    """A broadcast or tag push accepted into the broadcast queue."""
+
+    sid: int
+    queue_length: int
+
+
+class Server:
+    def __init__(self, options: Options | None = None, pm: pluggy.PluginManager | None = None):
+        self.options = options or Options()
+        self.pm = pm if pm is not None else get_plugin_manager(self.options.plugins)
+        self.hooks = Hooks(self.pm)
+        self.node_id: int = self.options.node_id or 0
+        self.codecs: dict[str, Codec] = {}
+        self.buckets = Buckets(self.options.bucket_number)
+        self.tags = TagIndex()
+        self.broker: Broker | None = None
+        self.transports: list[Transport] = []
+        self.started = False
+        self.stopping = False
+        self._formats: dict[tuple[str, bool], Format] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timers: list[Any] = []
+        self._workers: list[asyncio.Task[None]] = []
+        self._conn_ids = itertools.count(1)
+        self._queue: asyncio.Queue[Push] | None = None
+        cap = self.options.broadcast_buffer
+        self._high_water = max(1, int(cap * 0.8))
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resolve plugins, connect the broker, start timers, workers and transports."""
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self.outbox = Outbox(loop)
+        self.codecs = self.hooks.codecs()
+        self.default_format = self.format_for(None, None)
+        broker = self.hooks.broker(self)
+        if broker is None:
+            raise ConfigError(f"broker: no plugin provides a broker named {self.options.broker!r}")
+        self.broker = broker
+        await broker.start(self)
+        self.sids = SidAllocator(self.node_id)
+        opts = self.options
+        self.acks = AckTracker(
+            interval=opts.ack_interval,
+            max_tries=opts.ack_max_tries,
+            keep_offline=opts.ack_keep_offline,
+            clock=loop.time,
+            resend=self._resend,
+            on_acked=self._acked,
+            on_expired=self._ack_expired,
+        )
+        self._timers = self.buckets.schedule_sweeps(
+            loop, opts.sweep_interval, opts.heartbeat_interval, loop.time
+        )
+        self._every(min(1.0, opts.ack_interval / 4), self.acks.tick)
+        self._every(
+            opts.tag_cleanup_interval, lambda: self.tags.cleanup(time.time(), opts.tag_empty_ttl)
+        )
+        self._queue = asyncio.Queue(maxsize=opts.broadcast_buffer)
+        self._workers = [
+            loop.create_task(self._broadcast_worker()) for _ in range(opts.broadcast_workers)
+        ]
+        self.transports = self.hooks.transports(self)
+        for transport in self.transports:
+            await transport.start(self)
+        self.started = True
+        await self.hooks.startup(self)
+
+    async def stop(self) -> None:
+        """Graceful shutdown: stop accepting, drain queued pushes, close every
+        connection with 1001, run shutdown hooks, leave the cluster, release."""
+        if not self.started or self.stopping:
+            return
+        self.stopping = True
+        for transport in reversed(self.transports):
+            await transport.stop_accepting()
+        if self._queue is not None:
+            try:
+                await asyncio.wait_for(self._queue.join(), self.options.drain_timeout)
+            except TimeoutError:
+                log.warning("shutdown: %d queued pushes not delivered", self._queue.qsize())
+        for conn in list(self.buckets):
+            conn.close(CloseCode.GOING_AWAY, "server shutting down")
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        for handle in self._timers:
+            handle.cancel()
+        await self.hooks.shutdown(self)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.options.drain_timeout)
+        if self.broker is not None:
+            await self.broker.stop()
+        for transport in reversed(self.transports):
+            await transport.close()
+        self.started = False
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _every(self, period: float, fn: Any) -> None:
+        index = len(self._timers)
+
+        def tick() -> None:
+            try:
+                fn()
+            except Exception:
+                log.exception("periodic task failed")
+            self._timers[index] = self.loop.call_later(period, tick)
+
+        self._timers.append(self.loop.call_later(period, tick))
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` in the background; its failure is logged, never lost."""
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    # --- connection admission (called by transports) -----------------------------
+
+    async def authenticate(self, request: ConnectRequest) -> Identity:
+        """Run the validate hook; raise ``Rejected`` unless it returns an Identity."""
+        result = await self.hooks.validate(self, request)
+        if isinstance(result, Identity):
+            return result
+        if not isinstance(result, Reject):
+            result = Reject("no validate plugin accepted the credentials", 401)
+        await self.hooks.validate_failed(self, request, result)
+        raise Rejected(result)
+
+    def format_for(self, codec: str | None, message_type: str | None) -> Format:
+        """The frame format a connection asked for (``None`` = server default)."""
+        name = codec or self.options.codec
+        found = self.codecs.get(name)
+        if found is None:
+            raise InvalidArgument(f"codec: unknown codec {name!r} (known: {sorted(self.codecs)})")
+        if message_type is None:
+            binary = self.options.message_type == "binary" or not found.text_safe
+        elif message_type in MESSAGE_TYPES:
+            binary = message_type == "binary"
+        else:
+            raise InvalidArgument(f"message_type: must be one of {MESSAGE_TYPES}")
+        if not binary and not found.text_safe:
+            raise InvalidArgument(f"message_type: codec {name!r} needs binary frames")
+        key = (name, binary)
+        fmt = self._formats.get(key)
+        if fmt is None:
+            fmt = self._formats[key] = Format(found, binary)
+        return fmt
+
+    async def attach(
+        self,
+        identity: Identity,
+        fmt: Format,
+        transport: Writer,
+        closer: Any,
+        remote: str | None = None,
+    ) -> Connection:
+        """Register an upgraded socket; replace any older login of the same user."""
+        opts = self.options
+        conn = Connection(
+            conn_id=f"{self.node_id}-{next(self._conn_ids)}",
+            user_id=identity.user_id,
+            tags=set(),
+            meta=dict(identity.meta),
+            fmt=fmt,
+            transport=transport,
+            closer=closer,
+            outbox=self.outbox,
+            on_close=self._detach,
+            now=self.loop.time(),
+            limit_frames=opts.client_buffer,
+            limit_bytes=opts.client_buffer_bytes,
+            remote=remote,
+        )
+        old = self.buckets.add(conn)
+        if old is not None:
+            old.close(CloseCode.REPLACED, "replaced by a new login")
+        self.tags.add(conn, identity.tags, time.time())
+        assert self.broker is not None
+        await self.broker.connected(self._presence(conn))
+        await self.hooks.connected(self, conn)
+        for entry in self.acks.pending(conn.user_id):
+            if conn.send(fmt.build(entry.sid, entry.payload)):
+                self.acks.redelivered(entry)
+        return conn
+
+    def _presence(self, conn: Connection) -> Presence:
+        return Presence(
+            conn.user_id, self.node_id, conn.conn_id, tuple(sorted(conn.tags)), conn.connected_at
+        )
+
+    def _detach(self, conn: Connection, code: int, reason: str) -> None:
+        """Every closed connection passes here once (``Connection.close``)."""
+        if self.buckets.remove(conn) and self.broker is not None:
+            self.spawn(self.broker.disconnected(self._presence(conn)))
+        self.tags.leave_all(conn)
+        self.spawn(self.hooks.disconnected(self, conn, code, reason))
+
+    async def on_frame(self, conn: Connection, data: bytes) -> None:
+        """A data frame from a client (the transport already refreshed liveness)."""
+        try:
+            frame = conn.fmt.codec.decode_client(data)
+        except BadFrame as exc:
+            conn.close(CloseCode.BAD_FRAME, f"bad frame: {exc}"[:120])
+            return
+        for sid in frame.acks:
+            self.acks.ack(conn.user_id, sid)
+        if frame.data is not None and self.hooks.has_receive:
+            await self.hooks.receive(self, conn, frame.data)
+
+    # --- acks ------------------------------------------------------------------------
+
+    def _resend(self, entry: Unacked) -> bool:
+        conn = self.buckets.get(entry.user_id)
+        return conn is not None and conn.send(conn.fmt.build(entry.sid, entry.payload))
+
+    def _acked(self, entry: Unacked) -> None:
+        self.spawn(self.hooks.acked(self, entry.user_id, entry.sid))
+
+    def _ack_expired(self, entry: Unacked, reason: str) -> None:
+        self.spawn(
+            self.hooks.ack_expired(
+                self, entry.user_id, entry.sid, entry.payload, entry.tries, reason
+            )
+        )
+
+    # --- the push API ------------------------------------------------------------------
+
+    def _check(self, payload: bytes) -> None:
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise InvalidArgument("payload: must be bytes")
+        if len(payload) > self.options.max_message_size:
+            raise PayloadTooLarge(
+                f"payload: {len(payload)} bytes is over max_message_size "
+                f"({self.options.max_message_size})"
+            )
+
+    async def push(
+        self, users: str | Sequence[str], payload: bytes, *, ack: bool = False
+    ) -> PushResult:
+        """Push to one or more users; ``missing`` lists those not reached."""
+        self._check(payload)
+        if isinstance(users, str):
+            users = (users,)
+        users = tuple(dict.fromkeys(u for u in users if u))
+        if not users:
+            raise InvalidArgument("users: at least one user id is required")
+        sid = self.sids.next() if ack else 0
+        assert self.broker is not None
+        missing = await self.broker.publish(Push("users", bytes(payload), users=users, sid=sid))
+        return PushResult(sid, tuple(missing))
+
+    async def push_one(self, user: str, payload: bytes, *, ack: bool = False) -> int:
+        """Push to one user; raise ``NotFound`` when they are not online. Returns the sid."""
+        result = await self.push(user, payload, ack=ack)
+        if result.missing:
+            raise NotFound(f"user {user!r} is not online")
+        return result.sid
+
+    def broadcast(self, payload: bytes, *, ack: bool = False) -> Queued:
+        """Queue a push to every connected user."""
+        return self._queue_push("all", payload, (), ack)
+
+    def push_tags(
+        self, tags: Iterable[str], payload: bytes, *, match: str = "any", ack: bool = False
+    ) -> Queued:
+        """Queue a push to users with any (``match="any"``) or all of ``tags``."""
+        if match not in ("any", "all"):
+            raise InvalidArgument("match: must be 'any' or 'all'")
+        tags = tuple(dict.fromkeys(t for t in tags if t))
+        if not tags:
+            raise InvalidArgument("tags: at least one tag is required")
+        return self._queue_push("tags_any" if match == "any" else "tags_all", payload, tags, ack)
+
+    def push_by_tag(self, contents: Mapping[str, bytes]) -> int:
+        """Each tag gets its own payload (the original's WTIBroadcast). Returns the
+        queue length; all or none are queued."""
+        if not contents:
+            raise InvalidArgument("data: at least one tag is required")
+        for payload in contents.values():
+            self._check(payload)
+        self._room(len(contents))
+        for tag, payload in contents.items():
+            self._queue_push("tags_any", payload, (tag,), False)
+        return self.queue_length
+
+    @property
+    def queue_length(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    def _room(self, n: int) -> None:
+        if self.queue_length + n > self._high_water:
+            raise Busy(
+                f"broadcast queue is busy ({self.queue_length}/{self.options.broadcast_buffer})",
+                self.queue_length,
+            )
+
+    def _queue_push(self, kind: Kind, payload: bytes, tags: tuple[str, ...], ack: bool) -> Queued:
+        self._check(payload)
+        self._room(1)
+        assert self._queue is not None
+        sid = self.sids.next() if ack else 0
+        self._queue.put_nowait(Push(kind, bytes(payload), tags=tags, sid=sid))
+        return Queued(sid, self._queue.qsize())
+
+    async def _broadcast_worker(self) -> None:
+        assert self._queue is not None and self.broker is not None
+        queue, broker = self._queue, self.broker
+        while True:
+            push = await queue.get()
+            try:
+                await broker.publish(push)
+            except Exception:
+                log.exception("broadcast failed: %s", push.kind)
+            finally:
+                queue.task_done()
+
+    # --- queries and control ---------------------------------------------------------
+
+    async def online_count(self) -> int:
+        assert self.broker is not None
+        return await self.broker.online_count()
+
+    async def presence(self, user_id: str) -> Presence | None:
+        assert self.broker is not None
+        return await self.broker.presence(user_id)
+
+    async def distribution(self) -> dict[str, TagStat]:
+        assert self.broker is not None
+        return await self.broker.distribution()
+
+    async def kick(self, user_id: str, reason: str = "kicked") -> bool:
+        assert self.broker is not None
+        return await self.broker.kick(user_id, int(CloseCode.KICKED), reason)
+
+    async def retag(
+        self, user_id: str, add: Iterable[str] = (), remove: Iterable[str] = ()
+    ) -> bool:
+        assert self.broker is not None
+        return await self.broker.retag(user_id, tuple(add), tuple(remove))
+
+    # --- LocalNode: what the broker calls -------------------------------------------
+
+    def deliver(self, push: Push) -> list[str]:
+        """Deliver ``push`` to this node's connections, encoding once per format."""
+        cache: dict[Format, bytes] = {}
+        sid, payload = push.sid, push.payload
+        track = self.acks.track if sid else None
+        if push.kind == "users":
+            missing = []
+            get = self.buckets.get
+            for user in push.users:
+                conn = get(user)
+                if conn is None:
+                    missing.append(user)
+                    continue
+                fmt = conn.fmt
+                frame = cache.get(fmt)
+                if frame is None:
+                    frame = cache[fmt] = fmt.build(sid, payload)
+                if not conn.send(frame):
+                    missing.append(user)
+                elif track is not None:
+                    track(user, sid, payload, True)
+            return missing
+        if push.kind == "all":
+            conns: Iterable[Connection] = [
+                c for bucket in self.buckets.buckets for c in bucket.conns.values()
+            ]
+        elif push.kind == "tags_any":
+            conns = self.tags.any_of(push.tags)
+        else:
+            conns = self.tags.all_of(push.tags)
+        for conn in conns:
+            fmt = conn.fmt
+            frame = cache.get(fmt)
+            if frame is None:
+                frame = cache[fmt] = fmt.build(sid, payload)
+            if conn.send(frame) and track is not None:
+                track(conn.user_id, sid, payload, True)
+        return []
+
+    def local_presence(self, user_id: str) -> Presence | None:
+        conn = self.buckets.get(user_id)
+        return None if conn is None else self._presence(conn)
+
+    def local_count(self) -> int:
+        return len(self.buckets)
+
+    def local_distribution(self) -> dict[str, TagStat]:
+        return self.tags.distribution()
+
+    def kick_local(self, user_id: str, code: int, reason: str, conn_id: str | None) -> bool:
+        conn = self.buckets.get(user_id)
+        if conn is None or (conn_id is not None and conn.conn_id != conn_id):
+            return False
+        conn.close(code, reason)
+        return True
+
+    def retag_local(self, user_id: str, add: tuple[str, ...], remove: tuple[str, ...]) -> bool:
+        conn = self.buckets.get(user_id)
+        if conn is None:
+            return False
+        self.tags.remove(conn, remove)
+        self.tags.add(conn, add, time.time())
+        return True

@@ -1,0 +1,2 @@
+"""Built-in plugins of im, registered exactly like third-party ones (see
+``im_core.plugins.DEFAULT_PLUGINS``)."""

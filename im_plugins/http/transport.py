@@ -1,0 +1,55 @@
+"""The aiohttp application and its lifecycle (start, stop accepting, close)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from .websocket import SERVER, websocket
+
+if TYPE_CHECKING:
+    from im_core.server import Server
+
+
+async def ping(request: web.Request) -> web.Response:
+    server = request.app[SERVER]
+    return web.json_response({"status": 200, "data": "pong", "node": server.node_id})
+
+
+class HttpTransport:
+    name = "http"
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.app = web.Application()
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+
+    def build_app(self, server: Server) -> web.Application:
+        app = self.app
+        app[SERVER] = server
+        app.router.add_get("/conn", websocket)
+        app.router.add_get("/chat", websocket)
+        app.router.add_get("/ping", ping)
+        return app
+
+    async def start(self, server: Server) -> None:
+        self._runner = web.AppRunner(
+            self.build_app(server), handle_signals=False, access_log=None, shutdown_timeout=5.0
+        )
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self.host, self.port, backlog=4096)
+        await self._site.start()
+        sockets = self._runner.server and self._site._server.sockets  # type: ignore[union-attr]
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+
+    async def stop_accepting(self) -> None:
+        if self._site is not None:
+            await self._site.stop()
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

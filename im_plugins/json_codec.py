@@ -1,0 +1,62 @@
+"""JSON codec: ``{"sid": 123, "msg": "<base64>"}`` down, ``{"ack": sid}`` / data up.
+
+Server -> client matches the original's Go encoding of ``PushToClient`` (fields
+omitted when empty). Client -> server: a frame that is exactly a JSON object with
+the single key ``"ack"`` (an integer or a list of integers) is an ack; every other
+frame is business data handed to the receive hook byte for byte.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+
+import orjson
+
+from im_core import hookimpl
+from im_core.codec import BadFrame, ClientFrame, Codec
+
+_b64 = base64.b64encode
+
+
+class JsonCodec:
+    name = "json"
+    text_safe = True
+
+    def encode_push(self, sid: int, msg: bytes) -> bytes:
+        body = b'"msg":"' + _b64(msg) + b'"}' if msg else b"}"
+        if sid:
+            return b'{"sid":' + str(sid).encode() + (b"," + body if msg else body)
+        return b"{" + body
+
+    def decode_client(self, data: bytes) -> ClientFrame:
+        head = data.lstrip()[:1]
+        if head != b"{" or b'"ack"' not in data:
+            return ClientFrame(data=data)
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return ClientFrame(data=data)
+        if not isinstance(obj, dict) or obj.keys() != {"ack"}:
+            return ClientFrame(data=data)
+        value = obj["ack"]
+        sids = value if isinstance(value, list) else [value]
+        if not sids or not all(type(s) is int and s > 0 for s in sids):
+            raise BadFrame('"ack" must be a positive integer sid or a list of them')
+        return ClientFrame(acks=tuple(sids))
+
+    def decode_push(self, data: bytes) -> tuple[int, bytes]:
+        obj = orjson.loads(data)
+        return int(obj.get("sid", 0)), base64.b64decode(obj.get("msg", ""))
+
+    def encode_client(self, *, acks: tuple[int, ...] = (), data: bytes | None = None) -> bytes:
+        if acks and data is not None:
+            raise ValueError("the json codec sends acks and data in separate frames")
+        if acks:
+            return orjson.dumps({"ack": acks[0] if len(acks) == 1 else list(acks)})
+        return data or b""
+
+
+@hookimpl
+def im_register_codecs(register: Callable[[Codec], None]) -> None:
+    register(JsonCodec())

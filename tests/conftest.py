@@ -1,0 +1,80 @@
+"""Fixtures: real servers on ephemeral ports, real WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from im_client import Client
+from im_core import Options, Server
+from im_core.plugins import get_plugin_manager
+
+
+def ws_url(server: Server) -> str:
+    port = next(t.port for t in server.transports if t.name == "http")
+    return f"http://127.0.0.1:{port}/conn"
+
+
+def http_url(server: Server, path: str = "") -> str:
+    port = next(t.port for t in server.transports if t.name == "http")
+    return f"http://127.0.0.1:{port}{path}"
+
+
+MakeServer = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def make_server() -> AsyncIterator[MakeServer]:
+    """Start servers on free ports with the given options (and extra plugin objects)."""
+    servers: list[Server] = []
+
+    async def make(*, plugins: tuple[Any, ...] = (), names: tuple[str, ...] = (), **kw: Any):
+        opts = Options(host="127.0.0.1", http_port=0, rpc_port=0, **kw)
+        pm = get_plugin_manager(names, autoload=False)
+        for plugin in plugins:
+            pm.register(plugin)
+        server = Server(opts, pm)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in reversed(servers):
+        await server.stop()
+
+
+@pytest.fixture
+async def server(make_server: MakeServer) -> Server:
+    return await make_server()
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Callable[..., Awaitable[Client]]]:
+    """Open clients that are closed after the test."""
+    clients: list[Client] = []
+
+    async def open_client(server: Server, token: str, **kw: Any) -> Client:
+        client = Client(ws_url(server), token, **kw)
+        clients.append(client)
+        await client.connect()
+        return client
+
+    yield open_client
+    await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> None:
+    """Wait until ``check()`` is truthy (awaiting it if it returns an awaitable)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)

@@ -61,6 +61,19 @@ class Queued:
     queue_length: int
 
 
+@attrs.frozen
+class Stats:
+    """A snapshot for operators: the cluster-wide online count and this node's numbers."""
+
+    node_id: int
+    online: int
+    connections: int
+    queue_length: int
+    queue_capacity: int
+    unacked: int
+    tag_groups: int
+
+
 class Server:
     def __init__(self, options: Options | None = None, pm: pluggy.PluginManager | None = None):
         self.options = options or Options()
@@ -474,3 +487,16 @@ class Server:
         self.tags.remove(conn, remove)
         self.tags.add(conn, add, time.time())
         return True
+
+    # --- stats -------------------------------------------------------------------------
+
+    async def stats(self) -> Stats:
+        return Stats(
+            node_id=self.node_id,
+            online=await self.online_count(),
+            connections=len(self.buckets),
+            queue_length=self.queue_length,
+            queue_capacity=self.options.broadcast_buffer,
+            unacked=len(self.acks),
+            tag_groups=len(self.tags.groups),
+        )

@@ -12,6 +12,7 @@ _CODES = {
     401: "unauthenticated",
     403: "permission_denied",
     404: "not_found",
+    405: "method_not_allowed",
     413: "payload_too_large",
     429: "resource_exhausted",
     500: "internal",

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from .api import PREFIX, api_app
 from .websocket import SERVER, websocket
 
 if TYPE_CHECKING:
     from im_core.server import Server
+
+log = logging.getLogger("im.http")
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 async def ping(request: web.Request) -> web.Response:
@@ -33,6 +38,7 @@ class HttpTransport:
         app.router.add_get("/conn", websocket)
         app.router.add_get("/chat", websocket)
         app.router.add_get("/ping", ping)
+        app.add_subapp(PREFIX, api_app(server))
         return app
 
     async def start(self, server: Server) -> None:
@@ -45,6 +51,13 @@ class HttpTransport:
         sockets = self._runner.server and self._site._server.sockets  # type: ignore[union-attr]
         if sockets:
             self.port = sockets[0].getsockname()[1]
+        if not server.options.api_key and self.host not in LOOPBACK:
+            log.warning(
+                "HTTP API on %s:%s%s is open to anyone who can reach it: set --api-key",
+                self.host,
+                self.port,
+                PREFIX,
+            )
 
     async def stop_accepting(self) -> None:
         if self._site is not None:

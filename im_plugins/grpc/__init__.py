@@ -1,0 +1,37 @@
+"""gRPC transport plugin: the original's ``im.basic.Basic`` (wire-compatible) and
+the extended ``im.v1.Im`` on ``--rpc-port`` (default 8081), with health checking
+and reflection. See docs/api.md."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from im_core import hookimpl
+
+from .transport import GrpcTransport
+
+if TYPE_CHECKING:
+    from im_core.server import Server
+    from im_core.transport import Transport
+
+
+@hookimpl
+def im_add_options(add: Callable[..., None]) -> None:
+    add(
+        "rpc_local_port",
+        None,
+        "port of a loopback-only gRPC listener serving im.basic without the API key, "
+        "for original backends that cannot send one (default: off)",
+        type=int,
+    )
+
+
+@hookimpl
+def im_register_transports(register: Callable[[Transport], None], server: Server) -> None:
+    opts = server.options
+    register(
+        GrpcTransport(
+            opts.host, opts.rpc_port, opts.plugin.get("rpc_local_port"), opts.drain_timeout
+        )
+    )

@@ -1,0 +1,67 @@
+"""API-key check for gRPC calls: metadata ``x-api-key: KEY`` (or
+``authorization: Bearer KEY``), else UNAUTHENTICATED.
+
+Health checking and reflection stay open: they reveal no user data and load
+balancers probe health without credentials.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def key_matches(key: bytes, given: str | None) -> bool:
+    return given is not None and hmac.compare_digest(key, given.encode())
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, key: str) -> None:
+        self._key = key.encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_PREFIXES):  # type: ignore[attr-defined]
+            return handler
+        for name, value in details.invocation_metadata or ():  # type: ignore[attr-defined]
+            if name == "x-api-key":
+                given = value
+            elif name == "authorization" and value.startswith("Bearer "):
+                given = value[7:]
+            else:
+                continue
+            if key_matches(self._key, given):
+                return handler
+        return _deny(handler)
+
+
+async def _refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+    await context.abort(
+        grpc.StatusCode.UNAUTHENTICATED, "missing or wrong API key (metadata x-api-key)"
+    )
+
+
+def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as ``handler`` that refuses the call."""
+    if handler.request_streaming and handler.response_streaming:
+        make = grpc.stream_stream_rpc_method_handler
+    elif handler.request_streaming:
+        make = grpc.stream_unary_rpc_method_handler
+    elif handler.response_streaming:
+        make = grpc.unary_stream_rpc_method_handler
+    else:
+        make = grpc.unary_unary_rpc_method_handler
+    return make(
+        _refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

@@ -1,0 +1,104 @@
+"""The gRPC listener: ``im.basic.Basic``, ``im.v1.Im``, health checking and
+reflection on ``--rpc-port``; optionally a loopback-only, key-less listener
+serving ``im.basic`` for original backends that cannot send an API key."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from im_plugins.pb import basic_pb2, basic_pb2_grpc, im_v1_pb2, im_v1_pb2_grpc
+
+from .auth import ApiKeyInterceptor
+from .basic import BasicServicer
+from .v1 import ImServicer
+
+if TYPE_CHECKING:
+    from im_core.server import Server
+
+log = logging.getLogger("im.grpc")
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+BASIC = basic_pb2.DESCRIPTOR.services_by_name["Basic"].full_name
+V1 = im_v1_pb2.DESCRIPTOR.services_by_name["Im"].full_name
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class GrpcTransport:
+    name = "grpc"
+
+    def __init__(
+        self, host: str, port: int, local_port: int | None = None, grace: float = 5.0
+    ) -> None:
+        self.host = host
+        self.grace = grace
+        self.port = port
+        self.local_port = local_port
+        self._servers: list[grpc.aio.Server] = []
+        self._stopping: list[asyncio.Future[None]] = []
+        self.health = health.aio.HealthServicer()
+
+    def _new_server(self, server: Server, interceptors: list[grpc.aio.ServerInterceptor]):
+        limit = max(4 << 20, 2 * server.options.max_message_size + (64 << 10))
+        grpc_server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.so_reuseport", 0),  # a taken port is an error, not a shared port
+            ],
+        )
+        self._servers.append(grpc_server)
+        return grpc_server
+
+    def _bind(self, grpc_server: grpc.aio.Server, host: str, port: int) -> int:
+        try:
+            bound = grpc_server.add_insecure_port(_address(host, port))
+        except RuntimeError as exc:
+            raise OSError(f"grpc: cannot listen on {_address(host, port)}: {exc}") from None
+        if not bound:
+            raise OSError(f"grpc: cannot listen on {_address(host, port)}")
+        return bound
+
+    async def start(self, server: Server) -> None:
+        key = server.options.api_key
+        main = self._new_server(server, [ApiKeyInterceptor(key)] if key else [])
+        basic = BasicServicer(server)
+        basic_pb2_grpc.add_BasicServicer_to_server(basic, main)
+        im_v1_pb2_grpc.add_ImServicer_to_server(ImServicer(server), main)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, main)
+        reflection.enable_server_reflection(
+            (BASIC, V1, health.SERVICE_NAME, reflection.SERVICE_NAME), main
+        )
+        self.port = self._bind(main, self.host, self.port)
+        if not key and self.host not in LOOPBACK:
+            log.warning(
+                "gRPC API on %s is open to anyone who can reach it: set --api-key",
+                _address(self.host, self.port),
+            )
+        if self.local_port is not None:
+            local = self._new_server(server, [])
+            basic_pb2_grpc.add_BasicServicer_to_server(basic, local)
+            self.local_port = self._bind(local, "127.0.0.1", self.local_port)
+        for grpc_server in self._servers:
+            await grpc_server.start()
+        for service in ("", BASIC, V1):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop_accepting(self) -> None:
+        """Refuse new calls at once; in-flight calls get ``drain_timeout`` to finish."""
+        await self.health.enter_graceful_shutdown()
+        self._stopping = [asyncio.ensure_future(s.stop(self.grace)) for s in self._servers]
+
+    async def close(self) -> None:
+        if not self._stopping:
+            await self.stop_accepting()
+        await asyncio.gather(*self._stopping)
+        self._servers.clear()

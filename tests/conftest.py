@@ -6,11 +6,15 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
+import grpc
 import pytest
 
 from im_client import Client
 from im_core import Options, Server
 from im_core.plugins import get_plugin_manager
+
+from .api_clients import GrpcApi, HttpApi, grpc_target, http_base
 
 
 def ws_url(server: Server) -> str:
@@ -78,3 +82,39 @@ async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.01)
+
+
+# --- push API clients (tests/api_clients.py) -------------------------------------
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+async def channel() -> AsyncIterator[Callable[[Server], grpc.aio.Channel]]:
+    """Open gRPC channels to a server's gRPC port, closed after the test."""
+    channels: list[grpc.aio.Channel] = []
+
+    def open_channel(server: Server) -> grpc.aio.Channel:
+        ch = grpc.aio.insecure_channel(grpc_target(server))
+        channels.append(ch)
+        return ch
+
+    yield open_channel
+    for ch in channels:
+        await ch.close()
+
+
+@pytest.fixture(params=["grpc", "http"])
+def api(request: pytest.FixtureRequest, channel, session) -> Callable[..., GrpcApi | HttpApi]:
+    """``api(server, key=None)``: a client of the push API, once per transport."""
+
+    def make(server: Server, key: str | None = None) -> GrpcApi | HttpApi:
+        if request.param == "grpc":
+            return GrpcApi(channel(server), (("x-api-key", key),) if key else ())
+        return HttpApi(session, http_base(server), {"X-API-Key": key} if key else None)
+
+    return make

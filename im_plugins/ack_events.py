@@ -49,7 +49,7 @@ _END = object()
 class Subscription:
     def __init__(self, feed: AckFeed, limit: int) -> None:
         self._feed = feed
-        self._queue: asyncio.Queue[AckEvent | object] = asyncio.Queue(limit + 1)
+        self._queue: asyncio.Queue[AckEvent | object] = asyncio.Queue(limit + 2)
         self._limit = limit
         self.overflowed = False
 
@@ -61,18 +61,23 @@ class Subscription:
             event = _END
         self._queue.put_nowait(event)
 
+    async def get(self) -> AckEvent | None:
+        """The next event; ``None`` once the feed closed. Safe to cancel (timeouts)."""
+        event = await self._queue.get()
+        if event is _END:
+            self._queue.put_nowait(_END)  # every later get() ends too
+            if self.overflowed:
+                raise FellBehind(
+                    f"ack events: more than {self._limit} events unread; "
+                    "subscribe again (events in between are lost)"
+                )
+            return None
+        return event  # type: ignore[return-value]
+
     async def __aiter__(self) -> AsyncIterator[AckEvent]:
         try:
-            while True:
-                event = await self._queue.get()
-                if event is _END:
-                    if self.overflowed:
-                        raise FellBehind(
-                            f"ack events: more than {self._limit} events unread; "
-                            "subscribe again (events in between are lost)"
-                        )
-                    return
-                yield event  # type: ignore[misc]
+            while (event := await self.get()) is not None:
+                yield event
         finally:
             self.close()
 
@@ -87,8 +92,8 @@ class AckFeed:
         self.subscribers: set[Subscription] = set()
         self.closed = False
 
-    def subscribe(self, limit: int = QUEUE_LIMIT) -> Subscription:
-        sub = Subscription(self, limit)
+    def subscribe(self, limit: int | None = None) -> Subscription:
+        sub = Subscription(self, limit or QUEUE_LIMIT)
         if self.closed:
             sub.put(_END)
         else:

@@ -6,6 +6,7 @@ the core once; errors are ``{"error": {"code", "message"}}`` (docs/api.md).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -32,6 +33,9 @@ from .errors import json_error
 from .openapi import document
 
 log = logging.getLogger("im.http.api")
+
+#: Seconds between keep-alive comments on the ack event stream.
+SSE_KEEPALIVE = 15.0
 
 PREFIX = "/api/v1"
 API_SERVER = web.AppKey("api_server", Server)
@@ -260,7 +264,11 @@ async def stats(request: web.Request) -> web.Response:
 
 
 async def ack_events(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: ``event: acked|expired``, ``data:`` an AckEvent as JSON."""
+    """Server-sent events: ``event: acked|expired``, ``data:`` an AckEvent as JSON.
+
+    A comment line every ``SSE_KEEPALIVE`` seconds keeps proxies from timing the
+    stream out and finds a subscriber that went away (the write fails).
+    """
     subscription = feed_for(request.app[API_SERVER]).subscribe()
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -268,13 +276,20 @@ async def ack_events(request: web.Request) -> web.StreamResponse:
     try:
         await response.prepare(request)
         await response.write(b": subscribed\n\n")  # the caller knows it is subscribed
-        try:
-            async for event in subscription:
-                await response.write(_sse(event.outcome, _event_json(event)))
-        except ImError as exc:
-            error = {"error": {"code": exc.code, "message": str(exc)}}
-            await response.write(_sse("error", error))
-    except ConnectionResetError:
+        while True:
+            try:
+                event = await asyncio.wait_for(subscription.get(), SSE_KEEPALIVE)
+            except TimeoutError:
+                await response.write(b": keepalive\n\n")
+                continue
+            except ImError as exc:
+                error = {"error": {"code": exc.code, "message": str(exc)}}
+                await response.write(_sse("error", error))
+                break
+            if event is None:
+                break
+            await response.write(_sse(event.outcome, _event_json(event)))
+    except ConnectionError:
         pass  # the subscriber went away
     finally:
         subscription.close()

@@ -5,7 +5,12 @@ user="alice", data=b"hi")`` returns the reply as a dict or raises ``ApiError``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
+import os
+import pathlib
+import sys
 from typing import Any
 
 import aiohttp
@@ -25,6 +30,7 @@ HTTP_STATUS = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
     grpc.StatusCode.UNAVAILABLE: 503,
 }
+ORIGINAL = pathlib.Path(__file__).parent / "original"
 HTTP_ROUTES = {method: (verb, PREFIX + path) for verb, path, _, method in ROUTES if method}
 
 
@@ -118,3 +124,21 @@ class HttpApi:
             error = body["error"]
             raise ApiError(response.status, error["code"], error["message"], error)
         return body
+
+
+async def run_original_backend(stubs: pathlib.Path, target: str, key: str = "") -> dict:
+    """Run tests/original/backend.py against ``target``; its results by call name
+    (the second SendMessage, to an offline user, is ``SendMessage:offline``)."""
+    env = {**os.environ, "PYTHONPATH": str(stubs)}
+    args = [str(ORIGINAL / "backend.py"), target, *([key] if key else [])]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *args, env=env, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
+    results: dict = {}
+    for line in out.decode().splitlines():
+        result = json.loads(line)
+        name = result["call"]
+        results[f"{name}:offline" if name in results else name] = result
+    return results

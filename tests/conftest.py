@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import pathlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import grpc
 import pytest
+from grpc_tools import protoc
 
 from im_client import Client
 from im_core import Options, Server
 from im_core.plugins import get_plugin_manager
 
-from .api_clients import GrpcApi, HttpApi, grpc_target, http_base
+from .api_clients import ORIGINAL, GrpcApi, HttpApi, grpc_target, http_base
 
 
 def ws_url(server: Server) -> str:
@@ -118,3 +120,20 @@ def api(request: pytest.FixtureRequest, channel, session) -> Callable[..., GrpcA
         return HttpApi(session, http_base(server), {"X-API-Key": key} if key else None)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def original_stubs(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """Python stubs generated from the original's interface alone."""
+    out = tmp_path_factory.mktemp("original")
+    code = protoc.main(
+        [
+            "protoc",
+            f"-I{ORIGINAL}",
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
+            "basic.proto",
+        ]
+    )
+    assert code == 0
+    return out

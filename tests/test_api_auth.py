@@ -62,7 +62,7 @@ async def test_grpc_streams_health_and_bearer(make_server, channel) -> None:
         async for _ in stub.AckEvents(pb.AckEventsRequest()):
             pass
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    results = stub.PushStream(iter([pb.StreamPush(all=True, data=b"x")]))
+    results = stub.PushStream(iter([pb.PushBatch(pushes=[pb.StreamPush(all=True, data=b"x")])]))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         async for _ in results:
             pass

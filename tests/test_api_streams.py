@@ -34,12 +34,17 @@ STREAM = [
 async def _grpc_push_stream(server, channel) -> list[dict]:
     stub = im_v1_pb2_grpc.ImStub(channel(server))
 
-    async def requests():
-        for fields in STREAM:
-            fields = dict(fields)
-            if "match" in fields:
-                fields["match"] = pb.MATCH_ALL
-            yield pb.StreamPush(**fields)
+    pushes = []
+    for fields in STREAM:
+        fields = dict(fields)
+        if "match" in fields:
+            fields["match"] = pb.MATCH_ALL
+        pushes.append(pb.StreamPush(**fields))
+
+    async def requests():  # seq counts across batches
+        yield pb.PushBatch(pushes=pushes[:2])
+        yield pb.PushBatch()
+        yield pb.PushBatch(pushes=pushes[2:])
 
     return [to_dict(r) async for r in stub.PushStream(requests())]
 

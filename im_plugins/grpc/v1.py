@@ -77,31 +77,35 @@ class ImServicer(im_v1_pb2_grpc.ImServicer):
         return pb.QueuedReply(sid=queued.sid, queue_length=queued.queue_length)
 
     async def PushStream(
-        self, requests: AsyncIterator[pb.StreamPush], context: Context
+        self, batches: AsyncIterator[pb.PushBatch], context: Context
     ) -> AsyncIterator[pb.StreamResult]:
         server = self.server
         seq = -1
         try:
-            async for request in requests:
-                seq += 1
-                try:
-                    data = _data(request.data)
-                    if request.users:
-                        result = await server.push(request.users, data, ack=request.ack)
-                        sid, missing = result.sid, result.missing
-                    elif request.tags:
-                        match = _match(request.match)
-                        sid = server.push_tags(request.tags, data, match=match, ack=request.ack).sid
-                        missing = ()
-                    elif request.all:
-                        sid, missing = server.broadcast(data, ack=request.ack).sid, ()
-                    else:
-                        raise InvalidArgument("target: one of users, tags or all is required")
-                except ImError as exc:
-                    yield pb.StreamResult(seq=seq, error=pb.Error(code=exc.code, message=str(exc)))
-                    continue
-                if sid or missing:  # no news, no reply: the fast path writes nothing
-                    yield pb.StreamResult(seq=seq, sid=sid, missing=missing)
+            async for batch in batches:
+                for request in batch.pushes:
+                    seq += 1
+                    try:
+                        data = _data(request.data)
+                        if request.users:
+                            result = await server.push(request.users, data, ack=request.ack)
+                            sid, missing = result.sid, result.missing
+                        elif request.tags:
+                            match = _match(request.match)
+                            queued = server.push_tags(
+                                request.tags, data, match=match, ack=request.ack
+                            )
+                            sid, missing = queued.sid, ()
+                        elif request.all:
+                            sid, missing = server.broadcast(data, ack=request.ack).sid, ()
+                        else:
+                            raise InvalidArgument("target: one of users, tags or all is required")
+                    except ImError as exc:
+                        error = pb.Error(code=exc.code, message=str(exc))
+                        yield pb.StreamResult(seq=seq, error=error)
+                        continue
+                    if sid or missing:  # no news, no reply: the fast path writes nothing
+                        yield pb.StreamResult(seq=seq, sid=sid, missing=missing)
         except Exception as exc:
             await abort(context, exc)
 

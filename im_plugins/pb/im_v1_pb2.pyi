@@ -102,6 +102,12 @@ class QueuedReply(_message.Message):
     queue_length: int
     def __init__(self, sid: _Optional[int] = ..., queue_length: _Optional[int] = ...) -> None: ...
 
+class PushBatch(_message.Message):
+    __slots__ = ("pushes",)
+    PUSHES_FIELD_NUMBER: _ClassVar[int]
+    pushes: _containers.RepeatedCompositeFieldContainer[StreamPush]
+    def __init__(self, pushes: _Optional[_Iterable[_Union[StreamPush, _Mapping]]] = ...) -> None: ...
+
 class StreamPush(_message.Message):
     __slots__ = ("users", "tags", "all", "match", "data", "ack")
     USERS_FIELD_NUMBER: _ClassVar[int]

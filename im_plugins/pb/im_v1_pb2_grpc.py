@@ -66,7 +66,7 @@ class ImStub:
                 _registered_method=True)
         self.PushStream = channel.stream_stream(
                 '/im.v1.Im/PushStream',
-                request_serializer=im__plugins_dot_pb_dot_im__v1__pb2.StreamPush.SerializeToString,
+                request_serializer=im__plugins_dot_pb_dot_im__v1__pb2.PushBatch.SerializeToString,
                 response_deserializer=im__plugins_dot_pb_dot_im__v1__pb2.StreamResult.FromString,
                 _registered_method=True)
         self.Kick = channel.unary_unary(
@@ -147,9 +147,10 @@ class ImServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PushStream(self, request_iterator, context):
-        """High-rate pushes on one call. A result is streamed back only for a request with
-        news (a sid, unreached users or an error); the call ends after the last request
-        was handled, so a finished response stream means every request was handled.
+        """High-rate pushes on one call, in batches (one gRPC message costs far more than
+        one push: batch what is ready). A result is streamed back only for a push with
+        news (a sid, unreached users or an error); the call ends after the last push was
+        handled, so a finished response stream means every push was handled.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -233,7 +234,7 @@ def add_ImServicer_to_server(servicer, server):
             ),
             'PushStream': grpc.stream_stream_rpc_method_handler(
                     servicer.PushStream,
-                    request_deserializer=im__plugins_dot_pb_dot_im__v1__pb2.StreamPush.FromString,
+                    request_deserializer=im__plugins_dot_pb_dot_im__v1__pb2.PushBatch.FromString,
                     response_serializer=im__plugins_dot_pb_dot_im__v1__pb2.StreamResult.SerializeToString,
             ),
             'Kick': grpc.unary_unary_rpc_method_handler(
@@ -454,7 +455,7 @@ class Im:
             request_iterator,
             target,
             '/im.v1.Im/PushStream',
-            im__plugins_dot_pb_dot_im__v1__pb2.StreamPush.SerializeToString,
+            im__plugins_dot_pb_dot_im__v1__pb2.PushBatch.SerializeToString,
             im__plugins_dot_pb_dot_im__v1__pb2.StreamResult.FromString,
             options,
             channel_credentials,

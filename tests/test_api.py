@@ -39,8 +39,11 @@ class GatedBroker(MemoryBroker):
         self.gate = asyncio.Event()
         self.gate.set()
         self.down = False
+        self.broken = False
 
     async def publish(self, push):
+        if self.broken:
+            raise RuntimeError("a bug in a broker plugin")
         if self.down:
             raise Unavailable("broker: connection refused")
         await self.gate.wait()
@@ -299,6 +302,22 @@ async def test_broker_down_is_unavailable(make_server, api, connect) -> None:
             await client.call(method, **fields)
         assert (err.value.status, err.value.code) == (503, "unavailable")
     assert await nothing(alice)
+
+
+async def test_unexpected_error_is_internal_without_details(
+    make_server, api, connect, caplog
+) -> None:
+    plugin = GatedPlugin()
+    server = await make_server(plugins=(plugin,), broker="gated")
+    alice = await connect(server, "alice")
+    await online(server, alice)
+    plugin.broker.broken = True
+    with pytest.raises(ApiError) as err:
+        await api(server).call("PushUser", user="alice", data=b"x")
+    assert err.value.status == 500 and err.value.code == "internal"
+    assert err.value.message == "internal error"  # no exception text, no traceback
+    assert "a bug in a broker plugin" in caplog.text  # but the log has it
+    assert (await api(server).call("Ping"))["node_id"] == server.node_id  # still serving
 
 
 async def test_in_flight_call_finishes_on_shutdown(make_server, api, connect) -> None:

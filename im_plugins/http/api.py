@@ -63,9 +63,10 @@ class Body:
 
     __slots__ = ("data", "where")
 
-    def __init__(self, data: Any, where: str = "") -> None:
+    def __init__(self, data: Any, where: str = "", what: str = "") -> None:
+        """``where`` prefixes field names (``contents.v1``); ``what`` names the object."""
         if not isinstance(data, dict):
-            raise InvalidArgument(f"{where or 'body'}: must be a JSON object")
+            raise InvalidArgument(f"{what or where or 'body'}: must be a JSON object")
         self.data = data
         self.where = where
 
@@ -123,11 +124,13 @@ class Body:
             raise InvalidArgument(f"{self._name('data_b64')}: not valid base64") from None
 
 
-def parse(raw: bytes, where: str = "") -> Body:
+def parse(raw: bytes, what: str = "body") -> Body:
+    """A JSON object from ``raw``; ``what`` names it in errors (the body, a line)."""
     try:
-        return Body(orjson.loads(raw), where)
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"{where or 'body'}: malformed JSON ({exc})") from None
+        raise InvalidArgument(f"{what}: malformed JSON ({exc})") from None
+    return Body(data, what=what)
 
 
 async def read_body(request: web.Request) -> Body:
@@ -186,7 +189,7 @@ async def push_stream(request: web.Request) -> web.Response:
     async for line in _lines(request, _line_limit(server)):
         seq += 1
         try:
-            body = parse(line, f"line {seq + 1}")
+            body = parse(line, f"line {seq + 1}")  # field errors read as in gRPC
             data, ack = body.payload(), body.bool("ack")
             if body.data.get("users"):
                 result = await server.push(body.strs("users"), data, ack=ack)
@@ -197,7 +200,7 @@ async def push_stream(request: web.Request) -> web.Response:
             elif body.bool("all"):
                 sid, missing = server.broadcast(data, ack=ack).sid, []
             else:
-                raise InvalidArgument(f"line {seq + 1}: one of users, tags or all is required")
+                raise InvalidArgument("target: one of users, tags or all is required")
         except ImError as exc:
             results.append({"seq": seq, "error": {"code": exc.code, "message": str(exc)}})
             continue

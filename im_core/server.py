@@ -431,7 +431,7 @@ class Server:
                 if not conn.send(frame):
                     missing.append(user)
                 elif track is not None:
-                    track(user, sid, payload, True)
+                    track(user, sid, payload)
             return missing
         if push.kind == "all":
             conns: Iterable[Connection] = [
@@ -447,7 +447,7 @@ class Server:
             if frame is None:
                 frame = cache[fmt] = fmt.build(sid, payload)
             if conn.send(frame) and track is not None:
-                track(conn.user_id, sid, payload, True)
+                track(conn.user_id, sid, payload)
         return []
 
     def local_presence(self, user_id: str) -> Presence | None:

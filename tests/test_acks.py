@@ -102,7 +102,7 @@ async def test_user_who_stays_away_expires_as_offline(make_server) -> None:
     await client.receive()
     await client.close()
     await eventually(lambda: log.expired)
-    user, sid, payload, tries, reason = log.expired[0]
+    user, sid, payload, _tries, reason = log.expired[0]
     assert (user, sid, payload, reason) == ("dee", result.sid, b"lost", "offline")
 
 

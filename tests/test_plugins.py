@@ -41,7 +41,7 @@ def test_builtins_are_registered_like_external_plugins() -> None:
 def test_block_and_load_by_dotted_path() -> None:
     pm = get_plugin_manager(["no:token_auth", "tests.plugins.echo"], autoload=False)
     assert pm.is_blocked("token_auth") and pm.has_plugin("tests.plugins.echo")
-    with pytest.raises(PluginError, match="not.a.module"):
+    with pytest.raises(PluginError, match=r"not\.a\.module"):
         get_plugin_manager(["not.a.module"], autoload=False)
 
 

@@ -247,8 +247,12 @@ class Server:
             old.close(CloseCode.REPLACED, "replaced by a new login")
         self.tags.add(conn, identity.tags, time.time())
         assert self.broker is not None
-        await self.broker.connected(self._presence(conn))
-        await self.hooks.connected(self, conn)
+        try:
+            await self.broker.connected(self._presence(conn))
+            await self.hooks.connected(self, conn)
+        except Exception:
+            conn.close(CloseCode.INTERNAL_ERROR, "server error while connecting")
+            raise
         for entry in self.acks.pending(conn.user_id):
             if conn.send(fmt.build(entry.sid, entry.payload)):
                 self.acks.redelivered(entry)
@@ -276,7 +280,11 @@ class Server:
         for sid in frame.acks:
             self.acks.ack(conn.user_id, sid)
         if frame.data is not None and self.hooks.has_receive:
-            await self.hooks.receive(self, conn, frame.data)
+            try:
+                await self.hooks.receive(self, conn, frame.data)
+            except Exception:
+                # One failing message must not cost the user the connection.
+                log.exception("im_receive failed for %s", conn.user_id)
 
     # --- acks ------------------------------------------------------------------------
 

@@ -153,3 +153,27 @@ async def test_any_inbound_frame_keeps_connection_alive(make_server, how: str) -
         assert not ws.closed
         assert server.local_count() == 1
         await ws.close()
+
+
+async def test_failing_hooks_are_contained(make_server) -> None:
+    class Broken:
+        @hookimpl
+        def im_receive(self, data: bytes) -> None:
+            raise RuntimeError("handler bug")
+
+        @hookimpl
+        def im_connected(self, conn) -> None:
+            if conn.user_id == "unlucky":
+                raise RuntimeError("connect bug")
+
+    server = await make_server(plugins=(Broken(),))
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(ws_url(server), params={"token": "ok"}) as ws:
+            await ws.send_str("boom")
+            await eventually(lambda: server.local_count() == 1)
+            await server.push("ok", b"still here")
+            assert (await ws.receive(timeout=5)).data == '{"msg":"c3RpbGwgaGVyZQ=="}'
+        async with http.ws_connect(ws_url(server), params={"token": "unlucky"}) as ws:
+            msg = await ws.receive(timeout=5)
+            assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 1011
+    await eventually(lambda: server.local_count() == 0)

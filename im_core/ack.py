@@ -80,14 +80,10 @@ class AckTracker:
     def __len__(self) -> int:
         return sum(len(d) for d in self._by_user.values())
 
-    def track(self, user_id: str, sid: int, payload: bytes, sent: bool) -> Unacked:
-        """Remember a message just sent (or found offline) to ``user_id``."""
-        now = self._clock()
-        entry = Unacked(user_id, sid, payload, now + self.interval)
-        if sent:
-            entry.tries = 1
-        else:
-            entry.offline_since = now
+    def track(self, user_id: str, sid: int, payload: bytes) -> Unacked:
+        """Remember a message just sent to ``user_id`` (its first try)."""
+        entry = Unacked(user_id, sid, payload, self._clock() + self.interval)
+        entry.tries = 1
         self._by_user.setdefault(user_id, {})[sid] = entry
         self._due.append(entry)
         return entry

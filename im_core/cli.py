@@ -143,9 +143,14 @@ def resolve_options(
         if spec["choices"] and value not in spec["choices"]:
             raise UsageError(f"{_flag(name)}: must be one of {list(spec['choices'])}")
         extra[name] = value
-    for name, value in values.items():  # validate one by one so errors name the option
+    fields = attrs.fields_dict(Options)
+    for name, value in values.items():  # check one by one so errors name the option
+        field = fields[name]
         try:
-            Options(**{name: value})
+            if field.converter is not None:
+                value = values[name] = field.converter(value)  # type: ignore[operator]
+            if field.validator is not None:
+                field.validator(None, field, value)
         except (TypeError, ValueError) as exc:
             raise UsageError(f"{_flag(name)}: {exc}") from None
     try:

@@ -192,4 +192,7 @@ class Outbox:
         self._scheduled = False
         dirty, self._dirty = self._dirty, []
         for conn in dirty:
-            conn.flush()
+            try:
+                conn.flush()
+            except Exception as exc:  # a broken transport closes only its own connection
+                conn.close(CloseCode.INTERNAL_ERROR, f"write failed: {exc}"[:120])

@@ -105,6 +105,9 @@ def plugin_table(pm: pluggy.PluginManager) -> list[tuple[str, list[str]]]:
     """(plugin name, hooks it implements) for every registered plugin."""
     rows = []
     for name, plugin in pm.list_name_plugin():
+        if plugin is None:  # blocked with no:NAME
+            rows.append((name, ["(blocked)"]))
+            continue
         callers = pm.get_hookcallers(plugin) or []
         rows.append((name, sorted(c.name for c in callers)))
     return rows

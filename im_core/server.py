@@ -260,8 +260,12 @@ class Server:
             old.close(CloseCode.REPLACED, "replaced by a new login")
         self.tags.add(conn, identity.tags, time.time())
         assert self.broker is not None
-        await self.broker.connected(self._presence(conn))
-        await self.hooks.connected(self, conn)
+        try:
+            await self.broker.connected(self._presence(conn))
+            await self.hooks.connected(self, conn)
+        except Exception:
+            conn.close(CloseCode.INTERNAL_ERROR, "server error while connecting")
+            raise
         for entry in self.acks.pending(conn.user_id):
             if conn.send(fmt.build(entry.sid, entry.payload)):
                 self.acks.redelivered(entry)
@@ -289,7 +293,11 @@ class Server:
         for sid in frame.acks:
             self.acks.ack(conn.user_id, sid)
         if frame.data is not None and self.hooks.has_receive:
-            await self.hooks.receive(self, conn, frame.data)
+            try:
+                await self.hooks.receive(self, conn, frame.data)
+            except Exception:
+                # One failing message must not cost the user the connection.
+                log.exception("im_receive failed for %s", conn.user_id)
 
     # --- acks ------------------------------------------------------------------------
 
@@ -444,7 +452,7 @@ class Server:
                 if not conn.send(frame):
                     missing.append(user)
                 elif track is not None:
-                    track(user, sid, payload, True)
+                    track(user, sid, payload)
             return missing
         if push.kind == "all":
             conns: Iterable[Connection] = [
@@ -460,7 +468,7 @@ class Server:
             if frame is None:
                 frame = cache[fmt] = fmt.build(sid, payload)
             if conn.send(frame) and track is not None:
-                track(conn.user_id, sid, payload, True)
+                track(conn.user_id, sid, payload)
         return []
 
     def local_presence(self, user_id: str) -> Presence | None:

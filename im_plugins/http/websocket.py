@@ -8,6 +8,7 @@ status with a JSON body. After the upgrade the core owns the socket's write side
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from aiohttp import WSMsgType, web
 
@@ -18,6 +19,7 @@ from im_core.server import Rejected, Server
 from .errors import json_error
 
 SERVER = web.AppKey("server", Server)
+log = logging.getLogger("im.http")
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
@@ -57,7 +59,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         if not ws.closed and not closing:
             closing.append(asyncio.ensure_future(ws.close(code=code, message=reason.encode())))
 
-    conn = await server.attach(identity, fmt, transport, closer, request.remote)
+    try:
+        conn = await server.attach(identity, fmt, transport, closer, request.remote)
+    except Exception:
+        log.exception("connecting %s failed", identity.user_id)
+        if closing:
+            await closing[0]
+        return ws
     clock = server.loop.time
     on_frame = server.on_frame
     try:

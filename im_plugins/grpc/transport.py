@@ -87,6 +87,7 @@ class GrpcTransport:
             local = self._new_server(server, [])
             basic_pb2_grpc.add_BasicServicer_to_server(basic, local)
             self.local_port = self._bind(local, "127.0.0.1", self.local_port)
+            log.info("im.basic without API key on 127.0.0.1:%d (loopback only)", self.local_port)
         for grpc_server in self._servers:
             await grpc_server.start()
         for service in ("", BASIC, V1):

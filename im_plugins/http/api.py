@@ -73,19 +73,19 @@ class Body:
     def _name(self, name: str) -> str:
         return f"{self.where}.{name}" if self.where else name
 
-    def str(self, name: str) -> str:
+    def string(self, name: str) -> str:
         value = self.data.get(name)
         if not isinstance(value, str) or not value:
             raise InvalidArgument(f"{self._name(name)}: required (non-empty string)")
         return value
 
-    def opt_str(self, name: str) -> str:
+    def optional_string(self, name: str) -> str:
         value = self.data.get(name, "")
         if not isinstance(value, str):
             raise InvalidArgument(f"{self._name(name)}: must be a string")
         return value
 
-    def strs(self, name: str, required: bool = True) -> list[str]:
+    def strings(self, name: str, required: bool = True) -> list[str]:
         value = self.data.get(name, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise InvalidArgument(f"{self._name(name)}: must be a list of strings")
@@ -93,7 +93,7 @@ class Body:
             raise InvalidArgument(f"{self._name(name)}: required (at least one)")
         return value
 
-    def bool(self, name: str) -> bool:
+    def flag(self, name: str) -> bool:
         value = self.data.get(name, False)
         if not isinstance(value, bool):
             raise InvalidArgument(f"{self._name(name)}: must be true or false")
@@ -146,22 +146,22 @@ async def ping(request: web.Request) -> web.Response:
 
 async def push_user(request: web.Request) -> web.Response:
     body = await read_body(request)
-    user, data = body.str("user"), body.payload()
-    sid = await request.app[API_SERVER].push_one(user, data, ack=body.bool("ack"))
+    user, data = body.string("user"), body.payload()
+    sid = await request.app[API_SERVER].push_one(user, data, ack=body.flag("ack"))
     return reply({"sid": sid, "missing": []})
 
 
 async def push_users(request: web.Request) -> web.Response:
     body = await read_body(request)
-    users, data = body.strs("users"), body.payload()
-    result = await request.app[API_SERVER].push(users, data, ack=body.bool("ack"))
+    users, data = body.strings("users"), body.payload()
+    result = await request.app[API_SERVER].push(users, data, ack=body.flag("ack"))
     return reply({"sid": result.sid, "missing": list(result.missing)})
 
 
 async def push_tags(request: web.Request) -> web.Response:
     body = await read_body(request)
-    tags, match, data = body.strs("tags"), body.match(), body.payload()
-    queued = request.app[API_SERVER].push_tags(tags, data, match=match, ack=body.bool("ack"))
+    tags, match, data = body.strings("tags"), body.match(), body.payload()
+    queued = request.app[API_SERVER].push_tags(tags, data, match=match, ack=body.flag("ack"))
     return reply({"sid": queued.sid, "queue_length": queued.queue_length})
 
 
@@ -177,7 +177,7 @@ async def push_by_tag(request: web.Request) -> web.Response:
 
 async def broadcast(request: web.Request) -> web.Response:
     body = await read_body(request)
-    queued = request.app[API_SERVER].broadcast(body.payload(), ack=body.bool("ack"))
+    queued = request.app[API_SERVER].broadcast(body.payload(), ack=body.flag("ack"))
     return reply({"sid": queued.sid, "queue_length": queued.queue_length})
 
 
@@ -190,14 +190,14 @@ async def push_stream(request: web.Request) -> web.Response:
         seq += 1
         try:
             body = parse(line, f"line {seq + 1}")  # field errors read as in gRPC
-            data, ack = body.payload(), body.bool("ack")
+            data, ack = body.payload(), body.flag("ack")
             if body.data.get("users"):
-                result = await server.push(body.strs("users"), data, ack=ack)
+                result = await server.push(body.strings("users"), data, ack=ack)
                 sid, missing = result.sid, list(result.missing)
             elif body.data.get("tags"):
-                sid = server.push_tags(body.strs("tags"), data, match=body.match(), ack=ack).sid
+                sid = server.push_tags(body.strings("tags"), data, match=body.match(), ack=ack).sid
                 missing = []
-            elif body.bool("all"):
+            elif body.flag("all"):
                 sid, missing = server.broadcast(data, ack=ack).sid, []
             else:
                 raise InvalidArgument("target: one of users, tags or all is required")
@@ -230,7 +230,7 @@ async def _lines(request: web.Request, limit: int) -> AsyncIterator[bytes]:
 
 async def kick(request: web.Request) -> web.Response:
     body = await read_body(request)
-    user, reason = body.str("user"), body.opt_str("reason") or "kicked"
+    user, reason = body.string("user"), body.optional_string("reason") or "kicked"
     if not await request.app[API_SERVER].kick(user, reason):
         raise NotFound(f"user {user!r} is not online")
     return reply({})
@@ -248,8 +248,8 @@ async def presence(request: web.Request) -> web.Response:
 
 async def retag(request: web.Request) -> web.Response:
     body = await read_body(request)
-    user = body.str("user")
-    add, remove = body.strs("add", required=False), body.strs("remove", required=False)
+    user = body.string("user")
+    add, remove = body.strings("add", required=False), body.strings("remove", required=False)
     if not add and not remove:
         raise InvalidArgument("add, remove: at least one tag to add or remove is required")
     if not await request.app[API_SERVER].retag(user, add, remove):

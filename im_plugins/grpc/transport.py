@@ -46,7 +46,9 @@ class GrpcTransport:
         self._stopping: list[asyncio.Future[None]] = []
         self.health = health.aio.HealthServicer()
 
-    def _new_server(self, server: Server, interceptors: list[grpc.aio.ServerInterceptor]):
+    def _new_server(
+        self, server: Server, interceptors: list[grpc.aio.ServerInterceptor]
+    ) -> grpc.aio.Server:
         limit = max(4 << 20, 2 * server.options.max_message_size + (64 << 10))
         grpc_server = grpc.aio.server(
             interceptors=interceptors,

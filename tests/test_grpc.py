@@ -15,7 +15,7 @@ from im_plugins.grpc.transport import GrpcTransport
 from im_plugins.pb import basic_pb2, basic_pb2_grpc
 
 from .api_clients import grpc_target, run_original_backend
-from .test_api import nothing, online
+from .test_api import GatedPlugin, nothing, online
 
 
 async def test_original_backend_works_unchanged(server, connect, original_stubs) -> None:
@@ -99,3 +99,27 @@ async def test_rpc_port_taken_is_an_error(server) -> None:
     with pytest.raises(OSError, match=r"grpc: cannot listen on 127\.0\.0\.1"):
         await second.start(server)
     await second.close()
+
+
+async def test_basic_busy_and_unavailable(make_server, channel, connect) -> None:
+    plugin = GatedPlugin()
+    server = await make_server(
+        plugins=(plugin,), broker="gated", broadcast_buffer=5, broadcast_workers=1
+    )
+    alice = await connect(server, "alice")
+    await online(server, alice)
+    stub = basic_pb2_grpc.BasicStub(channel(server))
+    plugin.broker.gate.clear()  # the worker hangs on the first broadcast
+    sizes = [(await stub.Broadcast(basic_pb2.BroadcastReq(data=b"%d" % i))).size for i in range(5)]
+    assert sizes[1:] == [1, 2, 3, 4]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Broadcast(basic_pb2.BroadcastReq(data=b"no"))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert ("im-queue-length", "4") in tuple(err.value.trailing_metadata())
+    plugin.broker.gate.set()
+    assert [(await alice.receive()).data for _ in range(5)] == [b"0", b"1", b"2", b"3", b"4"]
+    plugin.broker.down = True
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.SendMessage(basic_pb2.SendMessageReq(token="alice", data=b"x"))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert await nothing(alice)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -144,6 +145,7 @@ async def running(spec: Spec, cpu: int = SERVER_CPU) -> AsyncIterator[Running]:
     proc = subprocess.Popen(  # noqa: ASYNC220 - started once per session, before timing
         ["taskset", "-c", str(cpu), *spec.argv(port)], cwd=ROOT, env=env
     )
+    spy: subprocess.Popen[bytes] | None = None
     server = Running(spec, port, proc)
     try:
         deadline = time.monotonic() + 30
@@ -159,8 +161,17 @@ async def running(spec: Spec, cpu: int = SERVER_CPU) -> AsyncIterator[Running]:
                     raise RuntimeError(f"{spec.name} did not start") from None
                 await asyncio.sleep(0.1)
         await server.connect_control()
+        profile = os.environ.get("BENCH_PROFILE")  # collapsed stacks of the server
+        if profile:
+            exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+            spy = subprocess.Popen(  # noqa: ASYNC220
+                [exe, "record", "-r", "250", "-f", "raw", "-o", profile, "-p", str(proc.pid)]
+            )
         yield server
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            spy.wait(30)
         if server.session is not None:
             await server.session.close()
         if proc.poll() is None:

@@ -19,6 +19,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from im_core import hookimpl
+from im_core.errors import Busy
 from im_core.frames import OP_TEXT, frame
 
 if TYPE_CHECKING:
@@ -66,7 +67,12 @@ async def im_receive(server: Server, conn: Connection, data: bytes) -> None:
     elif cmd == "burst":
         m, size = int(args[0]), int(args[1])
         for i in range(m):
-            server.broadcast(payload(i, size))
+            while True:
+                try:
+                    server.broadcast(payload(i, size))
+                    break
+                except Busy:  # more than the broadcast queue holds: let it drain
+                    await asyncio.sleep(0.001)
         _reply(conn, f"#queued {m}")
     elif cmd == "ackrtt":
         server.spawn(_ack_rtt(server, conn, int(args[0]), int(args[1])))

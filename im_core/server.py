@@ -441,11 +441,12 @@ class Server:
             conns = self.tags.any_of(push.tags)
         else:
             conns = self.tags.all_of(push.tags)
+        fmt: Format | None = None
+        frame = b""
         for conn in conns:
-            fmt = conn.fmt
-            frame = cache.get(fmt)
-            if frame is None:
-                frame = cache[fmt] = fmt.build(sid, payload)
+            if conn.fmt is not fmt:  # connections mostly share one format: skip the lookup
+                fmt = conn.fmt
+                frame = cache.get(fmt) or cache.setdefault(fmt, fmt.build(sid, payload))
             if conn.send(frame) and track is not None:
                 track(conn.user_id, sid, payload, True)
         return []

@@ -35,6 +35,7 @@ METRICS = (  # key, label, format, higher is better
     ("latency_ms", "1 broadcast -> last client, ms", "{:,.1f}", False),
     ("kb_per_conn", "KB / idle connection", "{:,.2f}", False),
     ("connect_per_s", "connections/s (validate hook)", "{:,.0f}", True),
+    ("connect_per_cpu_s", "connections per server CPU-second", "{:,.0f}", True),
 )
 #: messages per burst; socket.io is ~100x slower, so fewer keep a run short
 BURST_M = {"im": 100, "aiohttp": 100, "socketio": 10}

@@ -56,6 +56,7 @@ async def session(spec: Spec, n: int, m: int, phases: set[str]) -> dict[str, Any
         rss0 = server.rss_kb()
         pool = Pool(HOST, server.port, hello=spec.hello)
         try:
+            cpu0, t0 = server.cpu_seconds(), time.perf_counter()
             rate = await pool.open(
                 [spec.client_path(i) for i in range(n)], concurrency=CONNECT_CONCURRENCY
             )
@@ -64,6 +65,11 @@ async def session(spec: Spec, n: int, m: int, phases: set[str]) -> dict[str, Any
             await server.wait_count(n)
             if "connect" in phases:
                 result["connect_per_s"] = rate
+                # how busy the server core was: under ~0.9 the load generator was the limit
+                cpu = server.cpu_seconds() - cpu0
+                result["connect_server_busy"] = round(cpu / (time.perf_counter() - t0), 2)
+                # the server's cost, robust to a slow load generator: conns per CPU second
+                result["connect_per_cpu_s"] = n / cpu if cpu else 0.0
             await asyncio.sleep(1.0)
             gc.collect()
             if "memory" in phases:
@@ -86,11 +92,15 @@ async def session(spec: Spec, n: int, m: int, phases: set[str]) -> dict[str, Any
                 result["latency_ms"] = statistics.median(samples)
                 result["latency_samples_ms"] = samples
             if "burst" in phases:
+                cpu0, t0 = server.cpu_seconds(), time.perf_counter()
                 seconds = await _broadcast(server, pool, m, frame_bytes)
                 counts = await _settled_counts(pool)
                 if counts != {m * frame_bytes: n}:
                     raise CheckFailed(f"{spec.name}: burst counts {counts}")
                 result["m"] = m
+                result["burst_server_busy"] = round(
+                    (server.cpu_seconds() - cpu0) / (time.perf_counter() - t0), 2
+                )
                 result["burst_s"] = seconds
                 result["deliveries_per_s"] = n * m / seconds
         finally:

@@ -87,6 +87,13 @@ def rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Running:
     """A started server process and its control channel."""
 
@@ -101,6 +108,9 @@ class Running:
 
     def rss_kb(self) -> int:
         return rss_kb(self.proc.pid)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.proc.pid)
 
     async def connect_control(self) -> None:
         self.session = aiohttp.ClientSession()
@@ -165,7 +175,7 @@ async def running(spec: Spec, cpu: int = SERVER_CPU) -> AsyncIterator[Running]:
         if profile:
             exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
             spy = subprocess.Popen(  # noqa: ASYNC220
-                [exe, "record", "-r", "250", "-f", "raw", "-o", profile, "-p", str(proc.pid)]
+                [exe, "record", "-r", "1000", "-f", "raw", "-o", profile, "-p", str(proc.pid)]
             )
         yield server
     finally:

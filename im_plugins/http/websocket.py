@@ -10,7 +10,6 @@ keeps no aiohttp request, response, reader or task alive.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import hashlib
 import logging
@@ -39,13 +38,13 @@ def accept_key(request: web.Request) -> bytes | None:
         or headers.get("Sec-WebSocket-Version", "") not in ("13", "8", "7")
     ):
         return None
-    key = headers.get("Sec-WebSocket-Key", "").strip()
+    key = headers.get("Sec-WebSocket-Key", "").strip().encode()
     try:
-        if len(base64.b64decode(key, validate=True)) != 16:
+        if len(binascii.a2b_base64(key, strict_mode=True)) != 16:
             return None
     except binascii.Error:
         return None
-    return base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest())
+    return binascii.b2a_base64(hashlib.sha1(key + _GUID).digest(), newline=False)
 
 
 class _TakenOver(web.StreamResponse):

@@ -19,6 +19,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from .acks import ack_session
 from .scenarios import session
 from .servers import LOADGEN_CPU, ROOT, SPECS
 
@@ -29,6 +30,7 @@ SCENARIOS = {
     "memory": {"memory"},
     "connect": {"connect"},
     "all": {"burst", "latency", "memory", "connect"},
+    "ack": {"ack"},
 }
 METRICS = (  # key, label, format, higher is better
     ("deliveries_per_s", "burst deliveries/s", "{:,.0f}", True),
@@ -36,6 +38,9 @@ METRICS = (  # key, label, format, higher is better
     ("kb_per_conn", "KB / idle connection", "{:,.2f}", False),
     ("connect_per_s", "connections/s (validate hook)", "{:,.0f}", True),
     ("connect_per_cpu_s", "connections per server CPU-second", "{:,.0f}", True),
+    ("server_flush_ms", "  of which server fan-out + writes, ms", "{:,.1f}", False),
+    ("ack_p50_ms", "ack round trip p50, ms", "{:,.2f}", False),
+    ("ack_p99_ms", "ack round trip p99, ms", "{:,.2f}", False),
 )
 #: messages per burst; socket.io is ~100x slower, so fewer keep a run short
 BURST_M = {"im": 100, "aiohttp": 100, "socketio": 10}
@@ -90,13 +95,18 @@ async def run(args: argparse.Namespace) -> int:
     servers = args.servers.split(",")
     ns = [int(n) for n in args.n.split(",")]
     runs: list[dict[str, Any]] = []
+    if "ack" in phases:
+        servers, ns = ["im"], [1]
     for i in range(args.runs):
         for n in ns:
             for name in servers:  # im and its peers interleaved: same conditions
                 m = args.m or BURST_M.get(name, 100)
                 t0 = time.monotonic()
                 try:
-                    r = await session(SPECS[name], n, m, phases)
+                    if "ack" in phases:
+                        r = await ack_session()
+                    else:
+                        r = await session(SPECS[name], n, m, phases)
                 except Exception as exc:
                     r = {"server": name, "n": n, "error": f"{type(exc).__name__}: {exc}"}
                 r["run"] = i

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from .loadgen import Pool
-from .servers import HOST, Running, Spec, running, trigger_burst
+from .servers import HOST, IM, Running, Spec, running, trigger_burst
 
 LATENCY_SAMPLES = 5
 CONNECT_CONCURRENCY = 64
@@ -83,12 +83,18 @@ async def session(spec: Spec, n: int, m: int, phases: set[str]) -> dict[str, Any
             frame_bytes = next(iter(counts))
             result["frame_bytes"] = frame_bytes
             if "latency" in phases:
-                samples = []
+                samples, flushes = [], []
                 for _ in range(LATENCY_SAMPLES):
                     samples.append(await _broadcast(server, pool, 1, frame_bytes) * 1000)
                     counts = await _settled_counts(pool)
                     if counts != {frame_bytes: n}:
                         raise CheckFailed(f"{spec.name}: latency broadcast got {counts}")
+                    if spec is IM:  # where the time went: the server's part of it
+                        flushes.append(
+                            float((await server.command("flushstat", "flush")).split()[1])
+                        )
+                if flushes:
+                    result["server_flush_ms"] = statistics.median(flushes)
                 result["latency_ms"] = statistics.median(samples)
                 result["latency_samples_ms"] = samples
             if "burst" in phases:

@@ -117,19 +117,20 @@ class Running:
         url = f"http://{HOST}:{self.port}{self.spec.control_path}"
         self.ws = await self.session.ws_connect(url, autoping=True, max_msg_size=0)
 
-    async def command(self, text: str, timeout: float = 60.0) -> str:
-        """Send a control command; return its ``#`` reply (pushes are skipped)."""
+    async def command(self, text: str, reply: str, timeout: float = 60.0) -> str:
+        """Send a control command; return the first reply starting with ``#reply``
+        (pushes and replies to earlier commands are skipped)."""
         assert self.ws is not None
         await self.ws.send_str(text)
         async with asyncio.timeout(timeout):
             async for msg in self.ws:
                 data = msg.data if isinstance(msg.data, str) else msg.data.decode()
-                if data.startswith("#"):
+                if data.startswith(("#" + reply, "#error")):
                     return data
         raise RuntimeError(f"{self.spec.name}: control closed")
 
     async def count(self) -> int:
-        return int((await self.command("count")).split()[1]) - self.spec.extra
+        return int((await self.command("count", "count")).split()[1]) - self.spec.extra
 
     async def wait_count(self, n: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -8,6 +8,8 @@ with ``#`` (pushes to the control client are JSON and never do):
     burst M SIZE        -> "#queued M"     M broadcasts of SIZE bytes, queued at once
     ackrtt K SIZE       -> "#ackrtt MS..." K pushes with ack to ``bench-acker``, one at a
                                            time; each value is push -> acked hook, in ms
+    flushstat           -> "#flush MS C"   the last fan-out: first broadcast queued ->
+                                           end of the outbox flush, and connections written
 
 This stands in for the HTTP/gRPC push API in the burst scenarios until those land;
 the harness calls it through one trigger function (``bench.servers``).
@@ -16,9 +18,11 @@ the harness calls it through one trigger function (``bench.servers``).
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 from im_core import hookimpl
+from im_core.connection import Outbox
 from im_core.errors import Busy
 from im_core.frames import OP_TEXT, frame
 
@@ -42,9 +46,9 @@ def _reply(conn: Connection, text: str) -> None:
 
 async def _ack_rtt(server: Server, conn: Connection, k: int, size: int) -> None:
     loop = server.loop
-    times = []
+    times: list[float] = []
     for i in range(k):
-        t0 = loop.time()
+        t0 = time.perf_counter()
         result = await server.push(ACKER, payload(i, size), ack=True)
         if result.missing:
             _reply(conn, "#error acker not online")
@@ -57,6 +61,33 @@ async def _ack_rtt(server: Server, conn: Connection, k: int, size: int) -> None:
     _reply(conn, "#ackrtt " + " ".join(f"{t:.3f}" for t in times))
 
 
+class _TimedOutbox(Outbox):
+    """The server's outbox, timing each flush (swapped in at startup, bench only)."""
+
+    __slots__ = ()
+
+    def flush(self) -> None:
+        n = len(self._dirty)
+        super().flush()
+        if n > 1:  # uvloop writes queued data after this iteration's callbacks: stamp then
+            self._loop.call_soon(_stamp, n)
+
+
+_flush: list[float] = [0.0, 0]
+
+
+def _stamp(n: int) -> None:
+    _flush[:] = [time.perf_counter(), n]
+
+
+_queued_at = [0.0]
+
+
+@hookimpl
+def im_startup(server: Server) -> None:
+    server.outbox.__class__ = _TimedOutbox
+
+
 @hookimpl
 async def im_receive(server: Server, conn: Connection, data: bytes) -> None:
     if conn.user_id != CONTROL:
@@ -64,8 +95,11 @@ async def im_receive(server: Server, conn: Connection, data: bytes) -> None:
     cmd, *args = data.decode().split()
     if cmd == "count":
         _reply(conn, f"#count {server.local_count()}")
+    elif cmd == "flushstat":
+        _reply(conn, f"#flush {(_flush[0] - _queued_at[0]) * 1000:.3f} {_flush[1]}")
     elif cmd == "burst":
         m, size = int(args[0]), int(args[1])
+        _queued_at[0] = time.perf_counter()
         for i in range(m):
             while True:
                 try:
@@ -82,4 +116,4 @@ async def im_receive(server: Server, conn: Connection, data: bytes) -> None:
 def im_acked(server: Server, user_id: str, sid: int) -> None:
     fut = _acked.get(sid)
     if fut is not None and not fut.done():
-        fut.set_result(server.loop.time())
+        fut.set_result(time.perf_counter())

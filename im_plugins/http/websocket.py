@@ -18,7 +18,6 @@ from aiohttp import web
 
 from im_core import CloseCode, ConnectRequest
 from im_core.errors import ImError
-from im_core.frames import close_frame
 from im_core.server import Rejected, Server
 
 from .errors import json_error
@@ -107,9 +106,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     try:
         conn = await server.attach(identity, fmt, transport, ws.close, connect.remote)
     except Exception:
-        log.exception("cannot register a connection of %r", identity.user_id)
-        transport.write(close_frame(CloseCode.INTERNAL_ERROR, "internal error"))
-        transport.close()
+        log.exception("connecting %s failed", identity.user_id)
+        ws.close(CloseCode.INTERNAL_ERROR, "internal error")  # no-op if the core closed it
     else:
         ws.start(conn)
     return _TakenOver()

@@ -56,7 +56,7 @@ async def session(spec: Spec, n: int, m: int, phases: set[str]) -> dict[str, Any
         rss0 = server.rss_kb()
         pool = Pool(HOST, server.port, hello=spec.hello)
         try:
-            cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+            cpu0, t0, own0 = server.cpu_seconds(), time.perf_counter(), time.process_time()
             rate = await pool.open(
                 [spec.client_path(i) for i in range(n)], concurrency=CONNECT_CONCURRENCY
             )
@@ -67,7 +67,9 @@ async def session(spec: Spec, n: int, m: int, phases: set[str]) -> dict[str, Any
                 result["connect_per_s"] = rate
                 # how busy the server core was: under ~0.9 the load generator was the limit
                 cpu = server.cpu_seconds() - cpu0
-                result["connect_server_busy"] = round(cpu / (time.perf_counter() - t0), 2)
+                wall = time.perf_counter() - t0
+                result["connect_server_busy"] = round(cpu / wall, 2)
+                result["connect_loadgen_busy"] = round((time.process_time() - own0) / wall, 2)
                 # the server's cost, robust to a slow load generator: conns per CPU second
                 result["connect_per_cpu_s"] = n / cpu if cpu else 0.0
             await asyncio.sleep(1.0)

@@ -245,3 +245,65 @@ async def test_plain_get_is_refused_with_json(server: Server) -> None:
         resp = await session.get(http_url(server, "/conn?token=alice"))
         assert resp.status == 400
         assert (await resp.json())["error"]["code"] == "invalid_argument"
+
+
+async def _raw_http(server: Server, request: bytes, *, split: int = 0) -> bytes:
+    port = next(t.port for t in server.transports if t.name == "http")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    if split:
+        writer.write(request[:split])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+    writer.write(request[split:])
+    async with asyncio.timeout(5):
+        head = await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+    return head
+
+
+def _upgrade(target: str, extra: str = "") -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    ).encode()
+
+
+async def test_refused_upgrade_gets_json_before_any_101(server: Server) -> None:
+    async with aiohttp.ClientSession() as session:
+        resp = await session.get(
+            http_url(server, "/conn?token="),
+            headers={
+                "Upgrade": "websocket",
+                "Connection": "Upgrade",
+                "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+                "Sec-WebSocket-Version": "13",
+            },
+        )
+        assert resp.status == 400
+        assert (await resp.json())["error"]["message"].startswith("token")
+
+
+async def test_upgrade_split_across_reads_and_escaped_query(server: Server) -> None:
+    head = await _raw_http(server, _upgrade("/chat?token=a%40b&tags=x,y"), split=7)
+    assert head.startswith(b"HTTP/1.1 101")
+    await eventually(lambda: server.buckets.get("a@b"))
+    conn = server.buckets.get("a@b")
+    assert conn is not None and conn.tags == {"x", "y"}
+
+
+async def test_unusual_upgrade_requests_still_upgrade(server: Server) -> None:
+    # A GET with a body header is left to aiohttp's parser; the route upgrades it.
+    head = await _raw_http(server, _upgrade("/conn?token=bob", "Content-Length: 0\r\n"))
+    assert head.startswith(b"HTTP/1.1 101")
+    await eventually(lambda: server.buckets.get("bob"))
+
+
+async def test_http_routes_share_the_port(server: Server, connect) -> None:
+    await connect(server, "alice")
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):  # keep-alive: several requests on one connection
+            resp = await session.get(http_url(server, "/ping"))
+            assert resp.status == 200 and (await resp.json())["data"] == "pong"
+        resp = await session.post(http_url(server, "/conn?token=x"))
+        assert resp.status == 405

@@ -85,18 +85,19 @@ async def session(spec: Spec, n: int, m: int, phases: set[str]) -> dict[str, Any
             frame_bytes = next(iter(counts))
             result["frame_bytes"] = frame_bytes
             if "latency" in phases:
-                samples, flushes = [], []
+                samples, flushes, fanouts = [], [], []
                 for _ in range(LATENCY_SAMPLES):
                     samples.append(await _broadcast(server, pool, 1, frame_bytes) * 1000)
                     counts = await _settled_counts(pool)
                     if counts != {frame_bytes: n}:
                         raise CheckFailed(f"{spec.name}: latency broadcast got {counts}")
                     if spec is IM:  # where the time went: the server's part of it
-                        flushes.append(
-                            float((await server.command("flushstat", "flush")).split()[1])
-                        )
+                        reply = (await server.command("flushstat", "flush")).split()
+                        flushes.append(float(reply[1]))
+                        fanouts.append(float(reply[2]))
                 if flushes:
                     result["server_flush_ms"] = statistics.median(flushes)
+                    result["server_fanout_ms"] = statistics.median(fanouts)
                 result["latency_ms"] = statistics.median(samples)
                 result["latency_samples_ms"] = samples
             if "burst" in phases:

@@ -8,8 +8,10 @@ with ``#`` (pushes to the control client are JSON and never do):
     burst M SIZE        -> "#queued M"     M broadcasts of SIZE bytes, queued at once
     ackrtt K SIZE       -> "#ackrtt MS..." K pushes with ack to ``bench-acker``, one at a
                                            time; each value is push -> acked hook, in ms
-    flushstat           -> "#flush MS C"   the last fan-out: first broadcast queued ->
-                                           end of the outbox flush, and connections written
+    flushstat           -> "#flush W F C"  the last fan-out, in ms from the broadcast being
+                                           queued: W = its socket writes done, F = the
+                                           outbox flush began (frames queued on every
+                                           connection); C = connections written
 
 This stands in for the HTTP/gRPC push API in the burst scenarios until those land;
 the harness calls it through one trigger function (``bench.servers``).
@@ -67,17 +69,18 @@ class _TimedOutbox(Outbox):
     __slots__ = ()
 
     def flush(self) -> None:
-        n = len(self._dirty)
+        n, start = len(self._dirty), time.perf_counter()
         super().flush()
-        if n > 1:  # uvloop writes queued data after this iteration's callbacks: stamp then
+        if n > 1:  # stamp again next iteration, after any writes the loop deferred
+            _flush[0] = start
             self._loop.call_soon(_stamp, n)
 
 
-_flush: list[float] = [0.0, 0]
+_flush: list[float] = [0.0, 0.0, 0]  # flush began, writes done, connections
 
 
 def _stamp(n: int) -> None:
-    _flush[:] = [time.perf_counter(), n]
+    _flush[1:] = [time.perf_counter(), n]
 
 
 _queued_at = [0.0]
@@ -96,7 +99,8 @@ async def im_receive(server: Server, conn: Connection, data: bytes) -> None:
     if cmd == "count":
         _reply(conn, f"#count {server.local_count()}")
     elif cmd == "flushstat":
-        _reply(conn, f"#flush {(_flush[0] - _queued_at[0]) * 1000:.3f} {_flush[1]}")
+        fanout, written = ((t - _queued_at[0]) * 1000 for t in _flush[:2])
+        _reply(conn, f"#flush {written:.3f} {fanout:.3f} {_flush[2]}")
     elif cmd == "burst":
         m, size = int(args[0]), int(args[1])
         _queued_at[0] = time.perf_counter()

@@ -12,7 +12,7 @@ from .servers import ROOT
 
 OUT = ROOT / "docs" / "performance.png"
 PANELS = (
-    ("deliveries_per_s", "burst deliveries/s (M = 100 x 64 B)", True),
+    ("deliveries_per_s", "burst broadcast deliveries/s (64 B messages)", True),
     ("kb_per_conn", "server RSS per idle connection (KB)", False),
 )
 

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from im_core.server import Server
 
 PATHS = (b"/conn", b"/chat")
-MAX_HEAD = 8192  # an upgrade request longer than this goes to aiohttp (and its limits)
+_GETS = (b"GET /conn", b"GET /chat")
+MAX_EARLY = 1 << 16  # bytes buffered while validating before reading pauses
 # Headers that give a GET a body or change framing: such requests go to aiohttp.
 _BODY_HEADERS = frozenset(("content-length", "transfer-encoding"))
 
@@ -70,24 +71,21 @@ class FrontProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        buf = self._buf + data if self._buf else data
-        self._buf = buf
         if self._validating:  # keep what comes until the switch to WsProtocol
+            self._buf += data
+            if len(self._buf) > MAX_EARLY and self.transport is not None:
+                self.transport.pause_reading()  # switch() resumes
             return
-        head = buf[:9]
-        if not (b"GET /conn".startswith(head) or b"GET /chat".startswith(head)):
-            self._to_aiohttp()
-            return
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buf) > MAX_HEAD:
-                self._to_aiohttp()
-            return
-        parsed = parse_upgrade(buf[:end])
+        # The fast path takes an upgrade request that arrives whole in the first read
+        # (the common case); a partial or unusual one goes to aiohttp, its parser,
+        # limits and timeouts, and still upgrades through the route.
+        end = data.find(b"\r\n\r\n")
+        parsed = parse_upgrade(data[:end]) if end > 0 and data.startswith(_GETS) else None
         if parsed is None:
+            self._buf = data
             self._to_aiohttp()
             return
-        self._buf = buf[end + 4 :]
+        self._buf = data[end + 4 :]
         self._validating = True
         self._server.spawn(self._upgrade(*parsed))
 

@@ -434,9 +434,7 @@ class Server:
                     track(user, sid, payload, True)
             return missing
         if push.kind == "all":
-            conns: Iterable[Connection] = [
-                c for bucket in self.buckets.buckets for c in bucket.conns.values()
-            ]
+            conns: Iterable[Connection] = list(self.buckets)
         elif push.kind == "tags_any":
             conns = self.tags.any_of(push.tags)
         else:

@@ -104,7 +104,15 @@ class WsProtocol(asyncio.Protocol):
         self._closing = True
         transport = self.transport
         transport.write(close_frame(code, reason))
-        self._timer = self.server.loop.call_later(CLOSE_TIMEOUT, transport.close)
+        self._timer = self.server.loop.call_later(CLOSE_TIMEOUT, self._give_up)
+
+    def _give_up(self) -> None:
+        """No close frame came back in time: hang up, dropping what the peer won't read."""
+        transport = self.transport
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True

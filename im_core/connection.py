@@ -46,6 +46,7 @@ class Format:
 class Connection:
     __slots__ = (
         "__weakref__",
+        "_buffered",
         "_closer",
         "_on_close",
         "_outbox",
@@ -103,6 +104,7 @@ class Connection:
         self._on_close = on_close
         self._pending: list[bytes] = []
         self._stuck = 0
+        self._buffered = 0  # the transport's unsent bytes when this round of frames began
 
     def __repr__(self) -> str:
         return f"<Connection {self.user_id!r} {self.conn_id} {self.fmt!r}>"
@@ -119,7 +121,10 @@ class Connection:
         if self.closed:
             return False
         pending = self._pending
-        buffered = self._transport.get_write_buffer_size()
+        if pending:  # nothing was written since the first frame: reuse its look
+            buffered = self._buffered
+        else:
+            buffered = self._buffered = self._transport.get_write_buffer_size()
         if buffered and (
             self._stuck + len(pending) >= self.limit_frames
             or buffered + len(frame) > self.limit_bytes
@@ -137,9 +142,9 @@ class Connection:
         if not pending or self.closed:
             return
         self._pending = []
-        transport = self._transport
-        if not transport.get_write_buffer_size():
+        if not self._buffered:
             self._stuck = 0
+        transport = self._transport
         transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
         if transport.get_write_buffer_size():
             self._stuck += len(pending)

@@ -455,18 +455,17 @@ class Server:
                     track(user, sid, payload)
             return missing
         if push.kind == "all":
-            conns: Iterable[Connection] = [
-                c for bucket in self.buckets.buckets for c in bucket.conns.values()
-            ]
+            conns: Iterable[Connection] = list(self.buckets)
         elif push.kind == "tags_any":
             conns = self.tags.any_of(push.tags)
         else:
             conns = self.tags.all_of(push.tags)
+        fmt: Format | None = None
+        frame = b""
         for conn in conns:
-            fmt = conn.fmt
-            frame = cache.get(fmt)
-            if frame is None:
-                frame = cache[fmt] = fmt.build(sid, payload)
+            if conn.fmt is not fmt:  # connections mostly share one format: skip the lookup
+                fmt = conn.fmt
+                frame = cache.get(fmt) or cache.setdefault(fmt, fmt.build(sid, payload))
             if conn.send(frame) and track is not None:
                 track(conn.user_id, sid, payload)
         return []

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from .api import PREFIX, api_app
+from .front import FrontSite
 from .websocket import SERVER, websocket
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class HttpTransport:
             self.build_app(server), handle_signals=False, access_log=None, shutdown_timeout=5.0
         )
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self.host, self.port, backlog=4096)
+        self._site = FrontSite(self._runner, server, self.host, self.port)
         await self._site.start()
         sockets = self._runner.server and self._site._server.sockets  # type: ignore[union-attr]
         if sockets:

@@ -1,0 +1,118 @@
+"""One session per (server, N, run): connect N idle clients, then measure.
+
+Phases, in order, each recorded when its scenario is selected:
+    connect  - connection setup rate (upgrade incl. the validate hook), conns/s
+    memory   - server RSS growth per idle connection, KB
+    latency  - one broadcast -> last of N clients, ms (median of ``LATENCY_SAMPLES``)
+    burst    - M x SIZE broadcast burst, deliveries/s = N x M / (trigger -> last byte)
+Every broadcast is checked: each client got exactly the same whole number of frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import statistics
+import time
+from typing import Any
+
+from .loadgen import Pool
+from .servers import HOST, IM, Running, Spec, running, trigger_burst
+
+LATENCY_SAMPLES = 5
+CONNECT_CONCURRENCY = 64
+SIZE = 64
+
+
+class CheckFailed(Exception):
+    """A client did not get exactly the frames the server was asked to send."""
+
+
+async def _broadcast(server: Running, pool: Pool, m: int, frame_bytes: int) -> float:
+    """Trigger ``m`` broadcasts; return seconds from trigger to last byte at the last client."""
+    expect = m * frame_bytes if frame_bytes else 1
+    done = pool.arm(expect)
+    t0 = time.perf_counter()
+    await trigger_burst(server, m, SIZE)
+    timeout = max(30.0, len(pool.clients) * m / 2000)
+    try:
+        t1 = await asyncio.wait_for(done, timeout)
+    except TimeoutError:
+        raise CheckFailed(
+            f"{server.spec.name}: {pool.finished}/{pool.target} clients done after {timeout}s"
+        ) from None
+    return t1 - t0
+
+
+async def _settled_counts(pool: Pool) -> dict[int, int]:
+    await asyncio.sleep(0.3)  # let stragglers (extra frames) arrive before checking
+    return pool.counts()
+
+
+async def session(spec: Spec, n: int, m: int, phases: set[str]) -> dict[str, Any]:
+    result: dict[str, Any] = {"server": spec.name, "n": n}
+    async with running(spec) as server:
+        await asyncio.sleep(0.5)
+        rss0 = server.rss_kb()
+        pool = Pool(HOST, server.port, hello=spec.hello)
+        try:
+            cpu0, t0, own0 = server.cpu_seconds(), time.perf_counter(), time.process_time()
+            rate = await pool.open(
+                [spec.client_path(i) for i in range(n)], concurrency=CONNECT_CONCURRENCY
+            )
+            if pool.failed or len(pool.clients) != n:
+                raise CheckFailed(f"{spec.name}: {pool.failed} of {n} connections failed")
+            await server.wait_count(n)
+            if "connect" in phases:
+                result["connect_per_s"] = rate
+                # how busy the server core was: under ~0.9 the load generator was the limit
+                cpu = server.cpu_seconds() - cpu0
+                wall = time.perf_counter() - t0
+                result["connect_server_busy"] = round(cpu / wall, 2)
+                result["connect_loadgen_busy"] = round((time.process_time() - own0) / wall, 2)
+                # the server's cost, robust to a slow load generator: conns per CPU second
+                result["connect_per_cpu_s"] = n / cpu if cpu else 0.0
+            await asyncio.sleep(1.0)
+            gc.collect()
+            if "memory" in phases:
+                result["kb_per_conn"] = (server.rss_kb() - rss0) / n
+                result["rss_kb"] = server.rss_kb()
+            # One broadcast first: it tells the frame size (the bytes every client got).
+            await _broadcast(server, pool, 1, 0)
+            counts = await _settled_counts(pool)
+            if len(counts) != 1:
+                raise CheckFailed(f"{spec.name}: uneven first broadcast {counts}")
+            frame_bytes = next(iter(counts))
+            result["frame_bytes"] = frame_bytes
+            if "latency" in phases:
+                samples, flushes, fanouts = [], [], []
+                for _ in range(LATENCY_SAMPLES):
+                    samples.append(await _broadcast(server, pool, 1, frame_bytes) * 1000)
+                    counts = await _settled_counts(pool)
+                    if counts != {frame_bytes: n}:
+                        raise CheckFailed(f"{spec.name}: latency broadcast got {counts}")
+                    if spec is IM:  # where the time went: the server's part of it
+                        reply = (await server.command("flushstat", "flush")).split()
+                        flushes.append(float(reply[1]))
+                        fanouts.append(float(reply[2]))
+                if flushes:
+                    result["server_flush_ms"] = statistics.median(flushes)
+                    result["server_fanout_ms"] = statistics.median(fanouts)
+                result["latency_ms"] = statistics.median(samples)
+                result["latency_samples_ms"] = samples
+            if "burst" in phases:
+                cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+                seconds = await _broadcast(server, pool, m, frame_bytes)
+                counts = await _settled_counts(pool)
+                if counts != {m * frame_bytes: n}:
+                    raise CheckFailed(f"{spec.name}: burst counts {counts}")
+                result["m"] = m
+                result["burst_server_busy"] = round(
+                    (server.cpu_seconds() - cpu0) / (time.perf_counter() - t0), 2
+                )
+                result["burst_s"] = seconds
+                result["deliveries_per_s"] = n * m / seconds
+        finally:
+            pool.close()
+            await asyncio.sleep(0.2)
+    return result

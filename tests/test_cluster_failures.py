@@ -91,7 +91,7 @@ async def test_broker_restart_is_survived(
     b = await make_server(broker=broker, plugin=opts)
     alice = await connect(a, "alice", tags=["t"])
     bob = await connect(b, "bob", tags=["t"])
-    assert await a.online_count() == 2
+    await eventually(lambda: _count(a, 2))
 
     await own_broker.kill()
     await eventually(lambda: not a.broker.healthy() and not b.broker.healthy())  # type: ignore[union-attr]

@@ -121,15 +121,13 @@ class RedisBroker(ClusterBroker):
         await self._close_clients()
 
     async def _close_clients(self) -> None:
-        if self._pubsub is not None:
+        closing = [c.aclose() for c in (self._pubsub, self.redis, self.sub) if c is not None]
+        self._pubsub = None
+        for close in closing:
             try:
-                await self._pubsub.aclose()
-            except (RedisError, OSError):
-                pass
-        for client in (self.redis, self.sub):
-            try:
-                await client.aclose()
-            except (RedisError, OSError):
+                async with asyncio.timeout(self.timeout):
+                    await close
+            except (RedisError, OSError, TimeoutError):
                 pass
 
     # --- subscription ----------------------------------------------------------------

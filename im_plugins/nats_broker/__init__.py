@@ -28,6 +28,13 @@ def im_add_options(add: Callable[..., None]) -> None:
 def im_broker(server: Server) -> Broker | None:
     if server.options.broker != "nats":
         return None
-    from .broker import NatsBroker
+    try:
+        from .broker import NatsBroker
+    except ImportError as exc:
+        from im_core.server import ConfigError
+
+        raise ConfigError(
+            f"broker nats: cannot import {exc.name!r} (pip install 'im[nats]')"
+        ) from exc
 
     return NatsBroker(server.options.plugin, server.options.node_id)

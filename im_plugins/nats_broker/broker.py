@@ -97,7 +97,7 @@ class NatsBroker(ClusterBroker):
         except Exception as exc:
             await self.nc.close()
             raise ConnectionError(f"nats broker: cannot use {self.url}: {exc!r}") from exc
-        self._set_up(True)
+        self._up = True
         self.spawn(self._heartbeat_loop())
         log.info("nats broker: node %d joined %r at %s", self.node_id, self.prefix, self.url)
 

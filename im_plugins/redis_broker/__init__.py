@@ -27,6 +27,13 @@ def im_add_options(add: Callable[..., None]) -> None:
 def im_broker(server: Server) -> Broker | None:
     if server.options.broker != "redis":
         return None
-    from .broker import RedisBroker
+    try:
+        from .broker import RedisBroker
+    except ImportError as exc:
+        from im_core.server import ConfigError
+
+        raise ConfigError(
+            f"broker redis: cannot import {exc.name!r} (pip install 'im[redis]')"
+        ) from exc
 
     return RedisBroker(server.options.plugin, server.options.node_id)

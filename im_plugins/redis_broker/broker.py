@@ -105,7 +105,7 @@ class RedisBroker(ClusterBroker):
             await self._close_clients()
             # ConnectionError is an OSError: im-run reports it and exits with status 1.
             raise ConnectionError(f"redis broker: cannot use {self.url}: {exc}") from exc
-        self._set_up(True)
+        self._up = True
         self.spawn(self._listen())
         self.spawn(self._heartbeat_loop())
         log.info("redis broker: node %d joined cluster %r at %s", node_id, self.prefix, self.url)

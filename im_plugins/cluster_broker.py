@@ -12,6 +12,9 @@ Routing rules:
   that is gone (no subscriber) or silent for ``broker_timeout`` counts as not reached;
 - a broadcast is delivered locally and published once to every other node;
 - a tag push is delivered locally and sent only to nodes with members of the tags.
+  Broadcasts and tag pushes leave in batches (one broker round trip for all that
+  were queued meanwhile) and the broadcast worker does not wait for the broker, so
+  it drains its queue in one go and each connection gets its frames in one write.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from im_core.tags import TagStat
 log = logging.getLogger("im.cluster")
 
 Header = dict[str, Any]
+MAX_OUTGOING = 4096  # queued broadcasts/tag pushes before publish waits for the broker
 
 
 def add_options(add: Callable[..., None]) -> None:
@@ -112,6 +116,9 @@ class ClusterBroker(Broker):
         self._flusher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self.dropped = 0  # broadcasts/tag pushes that reached only this node (outage)
+        self._outgoing: list[tuple[Push, bytes]] = []
+        self._sender: asyncio.Task[None] | None = None
 
     # --- what a concrete broker provides -------------------------------------------
 
@@ -125,12 +132,9 @@ class ClusterBroker(Broker):
         """Send ``data`` to ``node``, no answer expected."""
 
     @abc.abstractmethod
-    async def _send_all(self, data: bytes) -> None:
-        """Send ``data`` to every node (each receives it once)."""
-
-    @abc.abstractmethod
-    async def _send_tags(self, push: Push, data: bytes) -> None:
-        """Send ``data`` to the nodes that have members of ``push.tags``."""
+    async def _send_batch(self, batch: list[tuple[Push, bytes]]) -> None:
+        """Send broadcasts and tag pushes, in order: a broadcast to every node once,
+        a tag push to the nodes with members of its tags."""
 
     @abc.abstractmethod
     async def _locate(self, users: list[str]) -> dict[str, Presence]:
@@ -198,6 +202,9 @@ class ClusterBroker(Broker):
                 log.error("%s broker task failed", self.name, exc_info=exc)
 
     async def _cancel_tasks(self) -> None:
+        if self._sender is not None and not self._sender.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._sender), self.timeout)
         self._stopping = True
         for task in list(self._tasks):
             task.cancel()
@@ -244,13 +251,14 @@ class ClusterBroker(Broker):
         node = self.node
         if push.kind != "users":
             node.deliver(push)  # local connections first: served even when the broker is down
-            data = push_message(self.node_id, push)
-            if push.kind == "all":
-                async with self._guard("broadcast"):
-                    await self._send_all(data)
-            else:
-                async with self._guard("tag push"):
-                    await self._send_tags(push, data)
+            if not self._up:
+                self.dropped += 1  # the outage is logged once, not per push
+                return []
+            self._outgoing.append((push, push_message(self.node_id, push)))
+            if self._sender is None or self._sender.done():
+                self._sender = self.spawn(self._send_outgoing())
+            elif len(self._outgoing) >= MAX_OUTGOING:
+                await asyncio.shield(self._sender)  # back-pressure on a slow broker
             return []
         missing = node.deliver(push)
         if not missing:
@@ -282,6 +290,16 @@ class ClusterBroker(Broker):
             return users  # the node is gone
         return list(orjson.loads(answer)["m"])
 
+    async def _send_outgoing(self) -> None:
+        while self._outgoing:
+            batch, self._outgoing = self._outgoing, []
+            try:
+                async with self._guard("broadcast"):
+                    await self._send_batch(batch)
+            except Unavailable as exc:
+                self.dropped += len(batch)
+                log.debug("%d broadcasts reached only this node: %s", len(batch), exc)
+
     # --- answers to peers --------------------------------------------------------------
 
     async def handle(self, header: Header, payload: bytes) -> bytes | None:
@@ -298,7 +316,8 @@ class ClusterBroker(Broker):
                 tags=tuple(header.get("g", ())),
                 sid=header.get("s", 0),
             )
-            return orjson.dumps({"m": node.deliver(push)})
+            missing = node.deliver(push)
+            return orjson.dumps({"m": missing}) if push.kind == "users" else None
         if kind == "kick":
             ok = node.kick_local(header["u"], header["c"], header["r"], header.get("i"))
             return orjson.dumps({"ok": ok})

@@ -225,19 +225,19 @@ class NatsBroker(ClusterBroker):
         self._check()
         await self.nc.publish(self._subject("n", node), data)
 
-    async def _send_all(self, data: bytes) -> None:
+    async def _send_batch(self, batch: list[tuple[Push, bytes]]) -> None:
         self._check()
-        await self.nc.publish(self._subject("all"), data)
-
-    async def _send_tags(self, push: Push, data: bytes) -> None:
-        self._check()
-        if push.kind == "tags_all" or len(push.tags) == 1:
-            # Any node with a member of all the tags has a member of the first one.
-            await self.nc.publish(self._tag_subject(push.tags[0]), data)
-            return
-        data = data.replace(b"{", b'{"m":%d,' % next(self._mids), 1)
-        for tag in push.tags:
-            await self.nc.publish(self._tag_subject(tag), data)
+        publish = self.nc.publish
+        for push, data in batch:
+            if push.kind == "all":
+                await publish(self._subject("all"), data)
+            elif push.kind == "tags_all" or len(push.tags) == 1:
+                # Any node with a member of all the tags has a member of the first one.
+                await publish(self._tag_subject(push.tags[0]), data)
+            else:
+                data = data.replace(b"{", b'{"m":%d,' % next(self._mids), 1)
+                for tag in push.tags:
+                    await publish(self._tag_subject(tag), data)
 
     async def _sync_tag_subscriptions(self, tags: set[str]) -> None:
         """Subscribe to the subjects of ``tags``; drop subscriptions of tags without

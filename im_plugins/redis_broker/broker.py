@@ -26,6 +26,7 @@ from . import lua
 
 log = logging.getLogger("im.redis")
 CHUNK = 500
+POOL_SIZE = 32
 
 
 def presence_value(p: Presence) -> str:
@@ -52,13 +53,18 @@ class RedisBroker(ClusterBroker):
         self._pubsub: PubSub | None = None
 
     def _client(self, socket_timeout: float | None) -> aioredis.Redis:
-        # No client-side retries: an outage must surface at once as UNAVAILABLE.
-        return aioredis.Redis.from_url(
+        # No client-side retries: an outage must surface at once as UNAVAILABLE. A
+        # burst of logins waits (up to broker_timeout) for one of a bounded number
+        # of connections instead of opening one each.
+        pool = aioredis.BlockingConnectionPool.from_url(
             self.url,
+            max_connections=POOL_SIZE,
+            timeout=self.timeout,
             socket_connect_timeout=self.timeout,
             socket_timeout=socket_timeout,
             retry=Retry(NoBackoff(), 0),
         )
+        return aioredis.Redis.from_pool(pool)  # closes the pool with the client
 
     def _key(self, *parts: object) -> str:
         return ":".join((self.prefix, *map(str, parts)))
@@ -211,22 +217,29 @@ class RedisBroker(ClusterBroker):
     async def _notify(self, node: int, data: bytes) -> None:
         await self.redis.publish(self._key("n", node), data)
 
-    async def _send_all(self, data: bytes) -> None:
-        await self.redis.publish(self._key("all"), data)
-
-    async def _send_tags(self, push: Push, data: bytes) -> None:
-        keys = [self._key("tag", t) for t in push.tags]
-        if push.kind == "tags_all":
-            nodes = await self.redis.sinter(keys)
-        else:
-            nodes = await self.redis.sunion(keys)
-        mine = str(self.node_id).encode()
-        targets = [n for n in nodes if n != mine]
-        if targets:
+    async def _send_batch(self, batch: list[tuple[Push, bytes]]) -> None:
+        tagged = [push for push, _ in batch if push.kind != "all"]
+        members: list[set[bytes]] = []
+        if tagged:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for n in targets:
-                    pipe.publish(self._key("n", n.decode()), data)
-                await pipe.execute()
+                for push in tagged:
+                    keys = [self._key("tag", t) for t in push.tags]
+                    if push.kind == "tags_all":
+                        pipe.sinter(keys)
+                    else:
+                        pipe.sunion(keys)
+                members = await pipe.execute()
+        mine = str(self.node_id).encode()
+        nodes = iter(members)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for push, data in batch:
+                if push.kind == "all":
+                    pipe.publish(self._key("all"), data)
+                    continue
+                for n in next(nodes):
+                    if n != mine:
+                        pipe.publish(self._key("n", n.decode()), data)
+            await pipe.execute()
 
     # --- presence ----------------------------------------------------------------------
 

@@ -99,6 +99,8 @@ async def test_broker_restart_is_survived(
     # Local connections stay and local pushes still work.
     assert (await a.push("alice", b"local")).missing == ()
     assert (await alice.receive()).data == b"local"
+    a.broadcast(b"only here")  # a broadcast still reaches the node's own users
+    assert (await alice.receive()).data == b"only here"
     # Calls that need the broker fail fast instead of hanging.
     loop = asyncio.get_running_loop()
     start = loop.time()

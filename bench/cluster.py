@@ -209,6 +209,26 @@ async def latency_run(
         await a.stop()
 
 
+async def cleanup(broker: str, prefix: str) -> None:
+    """Drop what the benchmark cluster left in the broker (default URLs)."""
+    if broker == "redis":
+        import redis.asyncio as aioredis
+
+        r = aioredis.Redis()
+        keys = [k async for k in r.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await r.delete(*keys)
+        await r.aclose()
+    else:
+        import nats
+
+        nc = await nats.connect()
+        js = nc.jetstream()
+        for bucket in ("presence", "nodes"):
+            await js.delete_key_value(f"{prefix}_{bucket}")
+        await nc.close()
+
+
 def pct(samples: list[float], p: float) -> float:
     s = sorted(samples)
     return s[min(len(s) - 1, int(len(s) * p / 100))]
@@ -266,6 +286,7 @@ async def main() -> None:
             f"broadcast {label:<18} {rate:>12,.0f} deliveries/s  "
             f"(N={args.clients}, M={args.messages} x 64 B)"
         )
+    await cleanup(args.broker, prefix)
     base = results.get("1 node (memory)")
     two = results.get(f"2 nodes ({args.broker})")
     if base and two:

@@ -34,6 +34,7 @@ async def test_killed_node_drops_out_within_the_ttl(broker: str, make_server: Ma
     args = ["--broker", broker, "--broker-prefix", prefix, "--presence-ttl", str(TTL), *url_flag]
     procs = [NodeProcess(args), NodeProcess(args)]
     clients: list[Client] = []
+    here: Server | None = None
     try:
         ids = [(await p.ready())["node"] for p in procs]
         assert len(set(ids)) == 2
@@ -62,6 +63,8 @@ async def test_killed_node_drops_out_within_the_ttl(broker: str, make_server: Ma
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
         for p in procs:
             p.kill()
+        if here is not None:
+            await here.stop()
         await cleanup(broker, prefix, opts.get("redis_url"))
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import logging
 import os
@@ -71,21 +72,27 @@ class NatsBroker(ClusterBroker):
 
     async def start(self, node: LocalNode) -> None:
         self.attach(node)
+        self.nc = NatsClient()
         try:
-            self.nc: NatsClient = await nats.connect(
-                self.url,
-                name=f"im-{self.prefix}",
-                connect_timeout=max(1, int(self.timeout)),
-                reconnect_time_wait=0.25,
-                max_reconnect_attempts=-1,
-                allow_reconnect=True,
-                disconnected_cb=self._on_disconnect,
-                reconnected_cb=self._on_reconnect,
-                error_cb=self._on_error,
-            )
+            # nats-py retries the first connect forever with unlimited reconnects:
+            # bound it so a node without its broker fails to start instead of hanging.
+            async with asyncio.timeout(max(3 * self.timeout, 2.0)):
+                await self.nc.connect(
+                    self.url,
+                    name=f"im-{self.prefix}",
+                    connect_timeout=max(1, int(self.timeout)),
+                    reconnect_time_wait=0.25,
+                    max_reconnect_attempts=-1,
+                    allow_reconnect=True,
+                    disconnected_cb=self._on_disconnect,
+                    reconnected_cb=self._on_reconnect,
+                    error_cb=self._on_error,
+                )
         except Exception as exc:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
             # ConnectionError is an OSError: im-run reports it and exits with status 1.
-            raise ConnectionError(f"nats broker: cannot reach {self.url}: {exc}") from exc
+            raise ConnectionError(f"nats broker: cannot reach {self.url}: {exc!r}") from exc
         self.js = self.nc.jetstream(timeout=self.timeout)
         try:
             async with asyncio.timeout(self.timeout * 5):
@@ -287,8 +294,17 @@ class NatsBroker(ClusterBroker):
         if presence.tags:
             await self._sync_tag_subscriptions(set(self._tag_subs) | set(presence.tags))
         key = user_key(presence.user_id)
-        old = await self._get(self.presence_kv, key)
-        await self.presence_kv.put(key, self._value(presence))
+        value = self._value(presence)
+        while True:  # compare-and-set, so of two simultaneous logins one sees the other
+            old = await self._get(self.presence_kv, key)
+            try:
+                if old is None:
+                    await self.presence_kv.create(key, value)
+                else:
+                    await self.presence_kv.update(key, value, last=old.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+            break
         if old is None or not old.value:
             return None
         v = orjson.loads(old.value)

@@ -270,6 +270,8 @@ class RedisBroker(ClusterBroker):
 
     async def _heartbeat(self) -> None:
         async with self._guard("heartbeat"):
+            if self._pubsub is None:
+                raise ConnectionError("not subscribed yet")  # healthy only once we listen
             state = await self._script(
                 self.s["BEAT"], self.node_id, self.token, int(self.ttl * 1000)
             )

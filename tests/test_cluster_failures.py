@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -38,7 +39,7 @@ async def test_killed_node_drops_out_within_the_ttl(broker: str, make_server: Ma
     try:
         ids = [(await p.ready())["node"] for p in procs]
         assert len(set(ids)) == 2
-        here = await make_server(broker=broker, plugin=opts)
+        here = await make_server(broker=broker, plugin={**opts, "broker_timeout": 0.3})
         for i, p in enumerate(procs):
             client = Client(p.ws_url, f"user{i}", heartbeat=None)
             await client.connect()
@@ -48,8 +49,16 @@ async def test_killed_node_drops_out_within_the_ttl(broker: str, make_server: Ma
         for client in clients:
             assert (await client.receive()).data == b"hi"
 
-        procs[0].kill()
+        # A hung node: its users are reported not reached after broker_timeout.
+        procs[0].proc.send_signal(signal.SIGSTOP)
         loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert (await here.push("user0", b"stuck")).missing == ("user0",)
+        assert 0.25 < loop.time() - start < 1.0
+        procs[0].proc.send_signal(signal.SIGCONT)
+        assert (await clients[0].receive()).data == b"stuck"  # it did arrive, late
+
+        procs[0].kill()
         killed = loop.time()
         # A dead node answers no push: at once "not online" (no subscriber left).
         assert (await here.push("user0", b"lost?")).missing == ("user0",)

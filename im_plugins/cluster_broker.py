@@ -196,8 +196,8 @@ class ClusterBroker(Broker):
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
-            if isinstance(exc, Unavailable):
-                log.debug("%s", exc)
+            if isinstance(exc, (Unavailable, *self.errors)):
+                log.debug("%s broker: %r", self.name, exc)  # the outage itself is logged once
             else:
                 log.error("%s broker task failed", self.name, exc_info=exc)
 

@@ -205,15 +205,19 @@ class ClusterBroker(Broker):
         if self._sender is not None and not self._sender.done():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._sender), self.timeout)
-        self._stopping = True
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._stopping = True  # loops also check it: a cancel can be lost in a timeout
+        for _ in range(3):
+            if not self._tasks:
+                return
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.wait(list(self._tasks), timeout=self.timeout)
+        log.warning("%s broker: %d tasks did not stop", self.name, len(self._tasks))
 
     async def _heartbeat_loop(self) -> None:
         """Keep this node alive in the cluster; repair state after an outage."""
         period = self.ttl / 3
-        while True:
+        while not self._stopping:
             await asyncio.sleep(period)
             try:
                 await self._heartbeat()

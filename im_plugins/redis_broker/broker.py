@@ -147,7 +147,7 @@ class RedisBroker(ClusterBroker):
         """Read peers' messages; after a lost connection re-subscribe with backoff and
         re-register this node's users (Redis may have restarted empty)."""
         delay = 0.05
-        while True:
+        while not self._stopping:
             try:
                 if self._pubsub is None:
                     self._pubsub = await self._subscribe()

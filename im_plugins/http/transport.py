@@ -23,6 +23,23 @@ async def ping(request: web.Request) -> web.Response:
     return web.json_response({"status": 200, "data": "pong", "node": server.node_id})
 
 
+async def health(request: web.Request) -> web.Response:
+    """200 while the broker is reachable, 503 during an outage (load balancers)."""
+    server = request.app[SERVER]
+    broker = server.broker
+    ok = broker is not None and broker.healthy() and not server.stopping
+    body = {
+        "status": "ok" if ok else "unavailable",
+        "node": server.node_id,
+        "broker": {
+            "name": broker.name if broker else None,
+            "healthy": broker is not None and broker.healthy(),
+        },
+        "connections": server.local_count(),
+    }
+    return web.json_response(body, status=200 if ok else 503)
+
+
 class HttpTransport:
     name = "http"
 
@@ -39,6 +56,7 @@ class HttpTransport:
         app.router.add_get("/conn", websocket)
         app.router.add_get("/chat", websocket)
         app.router.add_get("/ping", ping)
+        app.router.add_get("/health", health)
         app.add_subapp(PREFIX, api_app(server))
         return app
 

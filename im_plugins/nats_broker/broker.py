@@ -1,0 +1,373 @@
+"""The NATS broker: routing by subject interest, presence in JetStream KV.
+
+Subjects (``P`` = broker prefix): ``P.n.N`` requests to node N (core request/reply;
+"no responders" means the node is gone), ``P.all`` broadcasts, ``P.t.HEX`` tag
+pushes: a node subscribes to the subject of every tag it has members of, so NATS
+itself routes a tag push only to those nodes.
+
+KV buckets (in memory; nodes re-register after a NATS restart):
+``P_nodes``  key ``nN`` -> {token, count, distribution}; the bucket's max age is the
+             presence TTL, so a node that stops writing drops out by itself;
+``P_presence`` key base64(user) -> {node, token, conn_id, connected_at, tags}; an
+             entry counts only while the node entry with the same token lives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import logging
+import os
+import random
+from collections import deque
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+import orjson
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import StorageType
+from nats.js.kv import KeyValue
+
+from im_core.broker import LocalNode, Presence, Push
+from im_core.errors import Unavailable
+from im_core.tags import TagStat
+from im_plugins.cluster_broker import ClusterBroker, decode, merge_distribution
+
+log = logging.getLogger("im.nats")
+MISSING = (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError)
+SEEN = 4096  # remembered tag-push ids (a push to several tags arrives once per tag)
+
+
+def user_key(user: str) -> str:
+    return "u" + base64.urlsafe_b64encode(user.encode()).decode()
+
+
+class NatsBroker(ClusterBroker):
+    name = "nats"
+    errors = (nats.errors.Error, OSError)
+
+    def __init__(self, options: dict[str, Any], node_id: int | None = None) -> None:
+        super().__init__(options, node_id)
+        self.url: str = str(options.get("nats_url") or "nats://127.0.0.1:4222")
+        self.token = os.urandom(8).hex()
+        self._mids = itertools.count(1)
+        self._seen: set[tuple[int, int]] = set()
+        self._seen_order: deque[tuple[int, int]] = deque()
+        self._tag_subs: dict[str, Subscription] = {}
+        self._node_rev = 0
+
+    def _subject(self, *parts: object) -> str:
+        return ".".join((self.prefix, *map(str, parts)))
+
+    def _tag_subject(self, tag: str) -> str:
+        return self._subject("t", tag.encode().hex())
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def start(self, node: LocalNode) -> None:
+        self.attach(node)
+        self.nc = NatsClient()
+        try:
+            # nats-py retries the first connect forever with unlimited reconnects:
+            # bound it so a node without its broker fails to start instead of hanging.
+            async with asyncio.timeout(max(3 * self.timeout, 2.0)):
+                await self.nc.connect(
+                    self.url,
+                    name=f"im-{self.prefix}",
+                    connect_timeout=max(1, int(self.timeout)),
+                    reconnect_time_wait=0.25,
+                    max_reconnect_attempts=-1,
+                    allow_reconnect=True,
+                    disconnected_cb=self._on_disconnect,
+                    reconnected_cb=self._on_reconnect,
+                    error_cb=self._on_error,
+                )
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+            # ConnectionError is an OSError: im-run reports it and exits with status 1.
+            raise ConnectionError(f"nats broker: cannot reach {self.url}: {exc!r}") from exc
+        self.js = self.nc.jetstream(timeout=self.timeout)
+        try:
+            async with asyncio.timeout(self.timeout * 5):
+                await self._ensure_buckets()
+                self.node_id = node.node_id = await self._claim()
+                await self.nc.subscribe(self._subject("n", self.node_id), cb=self._on_request)
+                await self.nc.subscribe(self._subject("all"), cb=self._on_push)
+                await self.nc.flush()
+        except Exception as exc:
+            await self.nc.close()
+            raise ConnectionError(f"nats broker: cannot use {self.url}: {exc!r}") from exc
+        self._up = True
+        self.spawn(self._heartbeat_loop())
+        log.info("nats broker: node %d joined %r at %s", self.node_id, self.prefix, self.url)
+
+    async def _ensure_buckets(self) -> None:
+        self.presence_kv = await self._bucket("presence", None)
+        self.nodes_kv = await self._bucket("nodes", self.ttl)
+
+    async def _bucket(self, name: str, ttl: float | None) -> KeyValue:
+        bucket = f"{self.prefix}_{name}"
+        try:
+            return await self.js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            return await self.js.create_key_value(
+                bucket=bucket, history=1, ttl=ttl, storage=StorageType.MEMORY
+            )
+
+    def _node_entry(self) -> bytes:
+        stats = self.local_tags()
+        return orjson.dumps(
+            {
+                "i": self.token,
+                "c": len(self.local),
+                "d": {t: [s.number, s.created] for t, s in stats.items()},
+            }
+        )
+
+    async def _claim(self) -> int:
+        if self.wanted_id is not None:
+            self._node_rev = await self.nodes_kv.put(f"n{self.wanted_id}", self._node_entry())
+            return self.wanted_id
+        start = random.randrange(1024)
+        for i in range(1024):
+            node_id = (start + i) % 1024
+            try:
+                self._node_rev = await self.nodes_kv.create(f"n{node_id}", self._node_entry())
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+            return node_id
+        raise ConnectionError("nats broker: all 1024 node ids are taken")
+
+    async def stop(self) -> None:
+        await self._cancel_tasks()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.nodes_kv.delete(f"n{self.node_id}")
+        except Exception as exc:
+            log.warning("nats broker: could not leave the cluster cleanly: %r", exc)
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.nc.close()
+        except Exception:
+            pass
+
+    # --- connection events ---------------------------------------------------------
+
+    async def _on_disconnect(self) -> None:
+        if not self._stopping:
+            self._set_up(False, "disconnected from NATS")
+
+    async def _on_reconnect(self) -> None:
+        # nats-py has re-subscribed; the server may have lost the KV (restart).
+        self._resync = True
+        self.spawn(self._repair())
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.debug("nats broker: %r", exc)
+
+    async def _repair(self) -> None:
+        delay = 0.05
+        while self._resync and not self._stopping:
+            try:
+                await self._heartbeat()
+                self._resync = False
+                await self._reregister()
+                await self._publish_state()
+            except Unavailable:
+                self._resync = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            else:
+                self._set_up(True)
+
+    # --- incoming ---------------------------------------------------------------------
+
+    async def _on_request(self, msg: Msg) -> None:
+        try:
+            header, payload = decode(msg.data)
+            answer = await self.handle(header, payload)
+            if msg.reply and answer is not None:
+                await msg.respond(answer)
+        except Exception:
+            log.exception("nats broker: bad message from a peer")
+
+    async def _on_push(self, msg: Msg) -> None:
+        try:
+            header, payload = decode(msg.data)
+            mid = header.get("m")
+            if mid is not None:
+                key = (header["o"], mid)
+                if key in self._seen:
+                    return  # the same push via another of its tags
+                self._seen.add(key)
+                self._seen_order.append(key)
+                if len(self._seen_order) > SEEN:
+                    self._seen.discard(self._seen_order.popleft())
+            await self.handle(header, payload)
+        except Exception:
+            log.exception("nats broker: bad message from a peer")
+
+    # --- transport ---------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if not self.nc.is_connected:
+            raise ConnectionError("not connected to NATS")
+
+    async def _request(self, node: int, data: bytes) -> bytes | None:
+        self._check()
+        try:
+            msg = await self.nc.request(self._subject("n", node), data, timeout=self.timeout)
+        except nats.errors.NoRespondersError:
+            return None
+        return msg.data
+
+    async def _notify(self, node: int, data: bytes) -> None:
+        self._check()
+        await self.nc.publish(self._subject("n", node), data)
+
+    async def _send_batch(self, batch: list[tuple[Push, bytes]]) -> None:
+        self._check()
+        publish = self.nc.publish
+        for push, data in batch:
+            if push.kind == "all":
+                await publish(self._subject("all"), data)
+            elif push.kind == "tags_all" or len(push.tags) == 1:
+                # Any node with a member of all the tags has a member of the first one.
+                await publish(self._tag_subject(push.tags[0]), data)
+            else:
+                data = data.replace(b"{", b'{"m":%d,' % next(self._mids), 1)
+                for tag in push.tags:
+                    await publish(self._tag_subject(tag), data)
+
+    async def _sync_tag_subscriptions(self, tags: set[str]) -> None:
+        """Subscribe to the subjects of ``tags``; drop subscriptions of tags without
+        local members. Flushed, so the server routes by them when this returns."""
+        gone = [self._tag_subs.pop(t) for t in list(self._tag_subs) if t not in tags]
+        for tag in tags - set(self._tag_subs):
+            self._tag_subs[tag] = await self.nc.subscribe(self._tag_subject(tag), cb=self._on_push)
+        for sub in gone:
+            await sub.unsubscribe()
+        await self.nc.flush(timeout=self.timeout)
+
+    # --- presence ----------------------------------------------------------------------
+
+    async def _get(self, kv: KeyValue, key: str) -> Any:
+        try:
+            return await kv.get(key)
+        except MISSING:
+            return None
+
+    async def _node_tokens(self, nodes: set[int]) -> dict[int, str | None]:
+        entries = await asyncio.gather(*(self._get(self.nodes_kv, f"n{n}") for n in nodes))
+        return {
+            n: None if e is None or not e.value else orjson.loads(e.value)["i"]
+            for n, e in zip(nodes, entries, strict=True)
+        }
+
+    async def _locate(self, users: list[str]) -> dict[str, Presence]:
+        self._check()
+        entries = await asyncio.gather(*(self._get(self.presence_kv, user_key(u)) for u in users))
+        values = {
+            u: orjson.loads(e.value) for u, e in zip(users, entries, strict=True) if e and e.value
+        }
+        tokens = await self._node_tokens({v["n"] for v in values.values()})
+        found = {}
+        for user, v in values.items():
+            if tokens.get(v["n"]) == v["i"]:
+                found[user] = Presence(user, v["n"], v["c"], tuple(v["g"]), v["t"])
+        return found
+
+    def _value(self, p: Presence) -> bytes:
+        return orjson.dumps(
+            {"n": p.node_id, "i": self.token, "c": p.conn_id, "t": p.connected_at, "g": p.tags}
+        )
+
+    async def _register(self, presence: Presence) -> Presence | None:
+        self._check()
+        if presence.tags:
+            await self._sync_tag_subscriptions(set(self._tag_subs) | set(presence.tags))
+        key = user_key(presence.user_id)
+        value = self._value(presence)
+        while True:  # compare-and-set, so of two simultaneous logins one sees the other
+            old = await self._get(self.presence_kv, key)
+            try:
+                if old is None:
+                    await self.presence_kv.create(key, value)
+                else:
+                    await self.presence_kv.update(key, value, last=old.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+            break
+        if old is None or not old.value:
+            return None
+        v = orjson.loads(old.value)
+        return Presence(presence.user_id, v["n"], v["c"], tuple(v["g"]), v["t"])
+
+    async def _unregister(self, presence: Presence) -> None:
+        self._check()
+        key = user_key(presence.user_id)
+        entry = await self._get(self.presence_kv, key)
+        if entry is None or not entry.value:
+            return
+        v = orjson.loads(entry.value)
+        if v["i"] == self.token and v["c"] == presence.conn_id:
+            try:
+                await self.presence_kv.delete(key, last=entry.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass  # a newer login wrote it meanwhile
+
+    async def _heartbeat(self) -> None:
+        async with self._guard("heartbeat"):
+            self._check()
+            entry = await self._get(self.nodes_kv, f"n{self.node_id}")
+            if entry is None or not entry.value:
+                log.warning("nats broker: node %d entry was lost; registering again", self.node_id)
+                self._resync = True
+                await self._ensure_buckets()
+            elif orjson.loads(entry.value)["i"] != self.token:
+                log.error("nats broker: node id %d is used by another node", self.node_id)
+        # The entry itself is written by _publish_state, which follows every heartbeat.
+
+    async def _reregister(self) -> None:
+        async with self._guard("re-register"):
+            self._check()
+            await self._ensure_buckets()
+            for p in list(self.local.values()):
+                await self.presence_kv.put(user_key(p.user_id), self._value(p))
+        log.info("nats broker: re-registered %d users", len(self.local))
+
+    async def _publish_state(self) -> None:
+        async with self._guard("publish state"):
+            self._check()
+            await self._sync_tag_subscriptions(set(self.local_tags()))
+            await self.nodes_kv.put(f"n{self.node_id}", self._node_entry())
+
+    # --- cluster-wide queries ----------------------------------------------------------
+
+    async def _nodes(self) -> list[dict[str, Any]]:
+        self._check()
+        try:
+            keys = await self.nodes_kv.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        entries = await asyncio.gather(*(self._get(self.nodes_kv, k) for k in keys))
+        return [orjson.loads(e.value) for e in entries if e is not None and e.value]
+
+    async def online_count(self) -> int:
+        async with self._guard("online count"):
+            return sum(n["c"] for n in await self._nodes())
+
+    async def distribution(self) -> dict[str, TagStat]:
+        async with self._guard("distribution"):
+            nodes = await self._nodes()
+        return merge_distribution(
+            {t: TagStat(t, number, created) for t, (number, created) in n["d"].items()}
+            for n in nodes
+        )

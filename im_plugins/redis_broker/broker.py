@@ -1,0 +1,344 @@
+"""The Redis broker: presence and tag membership in Redis structures (see ``lua``),
+pushes over pub/sub (one channel per node plus one for broadcasts), requests
+answered on the asking node's channel."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from im_core.broker import LocalNode, Presence, Push
+from im_core.errors import CloseCode, Unavailable
+from im_core.tags import TagStat
+from im_plugins.cluster_broker import ClusterBroker, decode, encode
+
+from . import lua
+
+log = logging.getLogger("im.redis")
+CHUNK = 500
+POOL_SIZE = 32
+
+
+def presence_value(p: Presence) -> str:
+    return f"{p.node_id}|{p.conn_id}|{p.connected_at!r}|" + orjson.dumps(list(p.tags)).decode()
+
+
+def parse_presence(user: str, value: bytes | str) -> Presence:
+    text = value.decode() if isinstance(value, bytes) else value
+    node, conn_id, at, tags = text.split("|", 3)
+    return Presence(user, int(node), conn_id, tuple(orjson.loads(tags)), float(at))
+
+
+class RedisBroker(ClusterBroker):
+    name = "redis"
+    errors = (RedisError, OSError)
+
+    def __init__(self, options: dict[str, Any], node_id: int | None = None) -> None:
+        super().__init__(options, node_id)
+        self.url: str = str(options.get("redis_url") or "redis://127.0.0.1:6379/0")
+        self.token = os.urandom(8).hex()  # this incarnation's lease value
+        self._rids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[bytes]] = {}
+        self._registered_tags: set[str] = set()
+        self._pubsub: PubSub | None = None
+
+    def _client(self, socket_timeout: float | None) -> aioredis.Redis:
+        # No client-side retries: an outage must surface at once as UNAVAILABLE. A
+        # burst of logins waits (up to broker_timeout) for one of a bounded number
+        # of connections instead of opening one each.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=POOL_SIZE,
+            timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
+            socket_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        return aioredis.Redis.from_pool(pool)  # closes the pool with the client
+
+    def _key(self, *parts: object) -> str:
+        return ":".join((self.prefix, *map(str, parts)))
+
+    async def _script(self, script: Any, *args: object) -> Any:
+        return await script(args=[self.prefix, *args])
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def start(self, node: LocalNode) -> None:
+        self.attach(node)
+        self.redis = self._client(self.timeout)
+        self.sub = self._client(None)
+        r = self.redis
+        self.s = {
+            name: r.register_script(getattr(lua, name))
+            for name in (
+                "CLAIM",
+                "PURGE",
+                "BEAT",
+                "REGISTER",
+                "UNREGISTER",
+                "LOCATE",
+                "COUNT",
+                "DISTRIBUTION",
+                "RESYNC",
+            )
+        }
+        wanted = self.wanted_id
+        ttl_ms = int(self.ttl * 1000)
+        try:
+            async with asyncio.timeout(self.timeout * 3):
+                node_id = int(
+                    await self._script(
+                        self.s["CLAIM"], self.token, ttl_ms, -1 if wanted is None else wanted
+                    )
+                )
+                if node_id < 0:
+                    raise ConnectionError("redis broker: all 1024 node ids are taken")
+                await self._script(self.s["PURGE"], node_id)  # leftovers of a dead predecessor
+                self.node_id = node.node_id = node_id
+                self._pubsub = await self._subscribe()
+        except (RedisError, OSError, TimeoutError) as exc:
+            await self._close_clients()
+            # ConnectionError is an OSError: im-run reports it and exits with status 1.
+            raise ConnectionError(f"redis broker: cannot use {self.url}: {exc}") from exc
+        self._up = True
+        self.spawn(self._listen())
+        self.spawn(self._heartbeat_loop())
+        log.info("redis broker: node %d joined cluster %r at %s", node_id, self.prefix, self.url)
+
+    async def stop(self) -> None:
+        await self._cancel_tasks()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.redis.delete(self._key("node", self.node_id))
+                await self._script(self.s["PURGE"], "*")
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("redis broker: could not leave the cluster cleanly: %s", exc)
+        await self._close_clients()
+
+    async def _close_clients(self) -> None:
+        closing = [c.aclose() for c in (self._pubsub, self.redis, self.sub) if c is not None]
+        self._pubsub = None
+        for close in closing:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await close
+            except (RedisError, OSError, TimeoutError):
+                pass
+
+    # --- subscription ----------------------------------------------------------------
+
+    async def _subscribe(self) -> PubSub:
+        pubsub = self.sub.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(self._key("n", self.node_id), self._key("all"))
+        return pubsub
+
+    async def _listen(self) -> None:
+        """Read peers' messages; after a lost connection re-subscribe with backoff and
+        re-register this node's users (Redis may have restarted empty)."""
+        delay = 0.05
+        while not self._stopping:
+            try:
+                if self._pubsub is None:
+                    self._pubsub = await self._subscribe()
+                    self._resync = True
+                    await self._repair()
+                    delay = 0.05
+                async for message in self._pubsub.listen():
+                    if message["type"] == "message":
+                        try:
+                            await self._on_message(message["data"])
+                        except (RedisError, OSError):
+                            raise
+                        except Exception:
+                            log.exception("redis broker: bad message from a peer")
+            except (RedisError, OSError) as exc:
+                self._set_up(False, exc)
+                pubsub, self._pubsub = self._pubsub, None
+                if pubsub is not None:
+                    try:
+                        await pubsub.aclose()
+                    except (RedisError, OSError):
+                        pass
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _repair(self) -> None:
+        """Heartbeat + re-registration right after re-subscribing."""
+        try:
+            await self._heartbeat()
+            self._resync = False
+            await self._reregister()
+            await self._publish_state()
+        except Unavailable:
+            self._resync = True
+            raise ConnectionError("redis broker: repair failed") from None
+        self._set_up(True)
+
+    async def _on_message(self, data: bytes) -> None:
+        header, payload = decode(data)
+        if header["t"] == "re":
+            future = self._waiting.pop(header["q"], None)
+            if future is not None and not future.done():
+                future.set_result(payload)
+            return
+        rid = header.get("q")
+        answer = await self.handle(header, payload)
+        if rid is not None and answer is not None:
+            reply = encode({"t": "re", "q": rid}, answer)
+            self.spawn(self.redis.publish(self._key("n", header["o"]), reply))
+
+    # --- transport ---------------------------------------------------------------------
+
+    async def _request(self, node: int, data: bytes) -> bytes | None:
+        rid = next(self._rids)
+        # Messages are built before we know they are requests: prepend the request
+        # id to the JSON header instead of encoding it again.
+        data = data.replace(b"{", b'{"q":%d,' % rid, 1)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = future
+        try:
+            if not await self.redis.publish(self._key("n", node), data):
+                return None  # nobody subscribed: the node is gone
+            return await future
+        finally:
+            self._waiting.pop(rid, None)
+
+    async def _notify(self, node: int, data: bytes) -> None:
+        await self.redis.publish(self._key("n", node), data)
+
+    async def _send_batch(self, batch: list[tuple[Push, bytes]]) -> None:
+        tagged = [push for push, _ in batch if push.kind != "all"]
+        members: list[set[bytes]] = []
+        if tagged:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for push in tagged:
+                    keys = [self._key("tag", t) for t in push.tags]
+                    if push.kind == "tags_all":
+                        pipe.sinter(keys)
+                    else:
+                        pipe.sunion(keys)
+                members = await pipe.execute()
+        mine = str(self.node_id).encode()
+        nodes = iter(members)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for push, data in batch:
+                if push.kind == "all":
+                    pipe.publish(self._key("all"), data)
+                    continue
+                for n in next(nodes):
+                    if n != mine:
+                        pipe.publish(self._key("n", n.decode()), data)
+            await pipe.execute()
+
+    # --- presence ----------------------------------------------------------------------
+
+    async def _locate(self, users: list[str]) -> dict[str, Presence]:
+        found: dict[str, Presence] = {}
+        for i in range(0, len(users), CHUNK):
+            chunk = users[i : i + CHUNK]
+            values = await self._script(self.s["LOCATE"], *chunk)
+            for user, value in zip(chunk, values, strict=True):
+                if value is not None:
+                    found[user] = parse_presence(user, value)
+        return found
+
+    async def _register(self, presence: Presence) -> Presence | None:
+        old = await self._script(
+            self.s["REGISTER"],
+            self.node_id,
+            presence.user_id,
+            presence_value(presence),
+            *presence.tags,
+        )
+        return None if old is None else parse_presence(presence.user_id, old)
+
+    async def _unregister(self, presence: Presence) -> None:
+        await self._script(
+            self.s["UNREGISTER"], self.node_id, presence.user_id, presence_value(presence)
+        )
+
+    async def _heartbeat(self) -> None:
+        async with self._guard("heartbeat"):
+            if self._pubsub is None:
+                raise ConnectionError("not subscribed yet")  # healthy only once we listen
+            state = await self._script(
+                self.s["BEAT"], self.node_id, self.token, int(self.ttl * 1000)
+            )
+            if state == 2:
+                log.warning("redis broker: node %d lease was lost; registering again", self.node_id)
+                self._resync = True
+            elif state == 0:
+                log.error("redis broker: node id %d is used by another node", self.node_id)
+            await self._script(self.s["PURGE"], "*")  # forget nodes whose lease expired
+
+    async def _reregister(self) -> None:
+        entries = list(self.local.values())
+        self._registered_tags = set()
+        lost: list[bytes] = []
+        async with self._guard("re-register"):
+            for i in range(0, max(len(entries), 1), CHUNK):
+                args: list[object] = [self.node_id, "1" if i == 0 else "0"]
+                for p in entries[i : i + CHUNK]:
+                    args += [p.user_id, presence_value(p), repr(p.connected_at)]
+                lost += await self._script(self.s["RESYNC"], *args)
+        for raw in lost:
+            user = raw.decode()
+            p = self.local.get(user)
+            if p is not None:
+                self.node.kick_local(user, CloseCode.REPLACED, "replaced by a new login", p.conn_id)
+        log.info("redis broker: re-registered %d users", len(entries) - len(lost))
+
+    async def _publish_state(self) -> None:
+        tags = self.local_tags()
+        added = set(tags) - self._registered_tags
+        gone = self._registered_tags - set(tags)
+        me = self.node_id
+        async with self._guard("publish state"):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                dist = self._key("dist", me)
+                pipe.delete(dist)
+                if tags:
+                    pipe.hset(
+                        dist, mapping={t: f"{s.number}|{s.created!r}" for t, s in tags.items()}
+                    )
+                for t in added:
+                    pipe.sadd(self._key("tag", t), me)
+                for t in gone:
+                    pipe.srem(self._key("tag", t), me)
+                if added:
+                    pipe.sadd(self._key("tags", me), *added)
+                if gone:
+                    pipe.srem(self._key("tags", me), *gone)
+                await pipe.execute()
+        self._registered_tags = set(tags)
+
+    # --- cluster-wide queries ----------------------------------------------------------
+
+    async def online_count(self) -> int:
+        async with self._guard("online count"):
+            return int(await self._script(self.s["COUNT"]))
+
+    async def distribution(self) -> dict[str, TagStat]:
+        async with self._guard("distribution"):
+            flat = await self._script(self.s["DISTRIBUTION"])
+        out: dict[str, TagStat] = {}
+        for raw_tag, raw in zip(flat[::2], flat[1::2], strict=True):
+            tag = raw_tag.decode()
+            number, created = raw.decode().split("|")
+            seen = out.get(tag)
+            n, c = int(number), float(created)
+            if seen is not None:
+                n, c = n + seen.number, min(c, seen.created)
+            out[tag] = TagStat(tag, n, c)
+        return out

@@ -1,0 +1,159 @@
+"""Lua scripts of the Redis broker: each is one atomic round trip.
+
+Keys (``P`` = broker prefix, ``N`` = node id):
+  P:node:N     this node's lease and heartbeat (value: instance token, PX = presence ttl)
+  P:nodes      set of node ids that may hold state (pruned when their lease is gone)
+  P:seq        counter seeding node id allocation
+  P:presence   hash user -> "N|conn_id|connected_at|[tags]"
+  P:users:N    set of users registered by node N (online count, cleanup)
+  P:tag:T      set of node ids with members of tag T (tag routing)
+  P:tags:N     set of tags node N registered in P:tag:* (cleanup)
+  P:dist:N     hash tag -> "members|created" of node N (distribution)
+A presence entry counts only while its node's lease exists, so a dead node's users
+drop out when the lease expires even before anyone cleans up after it.
+"""
+
+# ARGV: prefix, token, ttl_ms, requested id (-1: any free id)
+CLAIM = """
+local p, token, ttl, want = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+if want >= 0 then
+  redis.call('SET', p..':node:'..want, token, 'PX', ttl)
+  redis.call('SADD', p..':nodes', want)
+  return want
+end
+local start = redis.call('INCR', p..':seq')
+for i = 0, 1023 do
+  local id = (start + i) % 1024
+  if redis.call('SET', p..':node:'..id, token, 'NX', 'PX', ttl) then
+    redis.call('SADD', p..':nodes', id)
+    return id
+  end
+end
+return -1
+"""
+
+# Drop the state of node ARGV[2] (ARGV[2] = '*': of every node whose lease is gone).
+PURGE = """
+local p = ARGV[1]
+local function purge(id)
+  local users = p..':users:'..id
+  for _, u in ipairs(redis.call('SMEMBERS', users)) do
+    local v = redis.call('HGET', p..':presence', u)
+    if v and string.sub(v, 1, #id + 1) == id..'|' then redis.call('HDEL', p..':presence', u) end
+  end
+  for _, t in ipairs(redis.call('SMEMBERS', p..':tags:'..id)) do
+    redis.call('SREM', p..':tag:'..t, id)
+  end
+  redis.call('DEL', users, p..':tags:'..id, p..':dist:'..id)
+end
+if ARGV[2] ~= '*' then purge(ARGV[2]) return 1 end
+local n = 0
+for _, id in ipairs(redis.call('SMEMBERS', p..':nodes')) do
+  if redis.call('EXISTS', p..':node:'..id) == 0 then
+    purge(id)
+    redis.call('SREM', p..':nodes', id)
+    n = n + 1
+  end
+end
+return n
+"""
+
+# ARGV: prefix, id, token, ttl_ms -> 1 refreshed, 2 lease was gone (re-created), 0 taken
+BEAT = """
+local key = ARGV[1]..':node:'..ARGV[2]
+local v = redis.call('GET', key)
+if v == ARGV[3] then redis.call('PEXPIRE', key, ARGV[4]) return 1 end
+if v then return 0 end
+redis.call('SET', key, ARGV[3], 'PX', ARGV[4])
+redis.call('SADD', ARGV[1]..':nodes', ARGV[2])
+return 2
+"""
+
+# ARGV: prefix, id, user, value, tags... -> the entry it replaced (or nil)
+REGISTER = """
+local p, me, u = ARGV[1], ARGV[2], ARGV[3]
+local old = redis.call('HGET', p..':presence', u)
+redis.call('HSET', p..':presence', u, ARGV[4])
+redis.call('SADD', p..':users:'..me, u)
+for i = 5, #ARGV do
+  redis.call('SADD', p..':tag:'..ARGV[i], me)
+  redis.call('SADD', p..':tags:'..me, ARGV[i])
+end
+return old
+"""
+
+# ARGV: prefix, id, user, value: drop the entry only if it is still this one
+UNREGISTER = """
+local p, u = ARGV[1], ARGV[3]
+if redis.call('HGET', p..':presence', u) == ARGV[4] then redis.call('HDEL', p..':presence', u) end
+redis.call('SREM', p..':users:'..ARGV[2], u)
+return 1
+"""
+
+# ARGV: prefix, users... -> entries on live nodes (nil for offline users)
+LOCATE = """
+local p, alive, out = ARGV[1], {}, {}
+for i = 2, #ARGV do
+  local v = redis.call('HGET', p..':presence', ARGV[i])
+  if v then
+    local id = string.match(v, '^(%d+)|')
+    if alive[id] == nil then alive[id] = redis.call('EXISTS', p..':node:'..id) == 1 end
+    if not alive[id] then v = false end
+  end
+  out[i - 1] = v or false
+end
+return out
+"""
+
+# ARGV: prefix -> users registered by live nodes
+COUNT = """
+local p, n = ARGV[1], 0
+for _, id in ipairs(redis.call('SMEMBERS', p..':nodes')) do
+  if redis.call('EXISTS', p..':node:'..id) == 1 then
+    n = n + redis.call('SCARD', p..':users:'..id)
+  end
+end
+return n
+"""
+
+# ARGV: prefix -> flat [tag, "members|created", ...] of every live node
+DISTRIBUTION = """
+local p, out = ARGV[1], {}
+for _, id in ipairs(redis.call('SMEMBERS', p..':nodes')) do
+  if redis.call('EXISTS', p..':node:'..id) == 1 then
+    for _, x in ipairs(redis.call('HGETALL', p..':dist:'..id)) do out[#out + 1] = x end
+  end
+end
+return out
+"""
+
+# After an outage. ARGV: prefix, id, first chunk ('1': forget what the node had
+# registered), then (user, value, connected_at) triples. Returns users whose entry
+# now belongs to a newer login on another live node.
+RESYNC = """
+local p, me, lost = ARGV[1], ARGV[2], {}
+if ARGV[3] == '1' then
+  for _, u in ipairs(redis.call('SMEMBERS', p..':users:'..me)) do
+    local v = redis.call('HGET', p..':presence', u)
+    if v and string.sub(v, 1, #me + 1) == me..'|' then redis.call('HDEL', p..':presence', u) end
+  end
+  redis.call('DEL', p..':users:'..me)
+end
+for i = 4, #ARGV, 3 do
+  local u, v, ts = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local old, keep = redis.call('HGET', p..':presence', u), true
+  if old and old ~= v then
+    local id, ots = string.match(old, '^(%d+)|[^|]*|([^|]*)|')
+    if id ~= me and tonumber(ots) > ts and redis.call('EXISTS', p..':node:'..id) == 1 then
+      keep = false
+    end
+  end
+  if keep then
+    redis.call('HSET', p..':presence', u, v)
+    redis.call('SADD', p..':users:'..me, u)
+  else
+    lost[#lost + 1] = u
+  end
+end
+return lost
+"""

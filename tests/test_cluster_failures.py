@@ -1,0 +1,134 @@
+"""Failures: a node killed with SIGKILL, the broker restarting mid-run."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+
+from im_client import Client
+from im_core import Server
+from im_core.errors import Unavailable
+
+from .cluster import BrokerProcess, NodeProcess, broker_options, cleanup, new_prefix
+from .conftest import MakeServer, eventually, http_url
+
+Connect = Callable[..., Awaitable[Client]]
+
+TTL = 1.0
+
+
+@pytest.fixture(params=["redis", "nats"])
+def broker(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def test_killed_node_drops_out_within_the_ttl(broker: str, make_server: MakeServer) -> None:
+    prefix = new_prefix()
+    opts = broker_options(broker, prefix, presence_ttl=TTL)
+    url_flag = ["--redis-url", opts["redis_url"]] if broker == "redis" else []
+    if broker == "nats":
+        url_flag = ["--nats-url", opts["nats_url"]]
+    args = ["--broker", broker, "--broker-prefix", prefix, "--presence-ttl", str(TTL), *url_flag]
+    procs = [NodeProcess(args), NodeProcess(args)]
+    clients: list[Client] = []
+    here: Server | None = None
+    try:
+        ids = [(await p.ready())["node"] for p in procs]
+        assert len(set(ids)) == 2
+        here = await make_server(broker=broker, plugin={**opts, "broker_timeout": 0.3})
+        for i, p in enumerate(procs):
+            client = Client(p.ws_url, f"user{i}", heartbeat=None)
+            await client.connect()
+            clients.append(client)
+        await eventually(lambda: _count(here, 2))
+        assert (await here.push(["user0", "user1"], b"hi")).missing == ()
+        for client in clients:
+            assert (await client.receive()).data == b"hi"
+
+        # A hung node: its users are reported not reached after broker_timeout.
+        procs[0].proc.send_signal(signal.SIGSTOP)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert (await here.push("user0", b"stuck")).missing == ("user0",)
+        assert 0.25 < loop.time() - start < 1.0
+        procs[0].proc.send_signal(signal.SIGCONT)
+        assert (await clients[0].receive()).data == b"stuck"  # it did arrive, late
+
+        procs[0].kill()
+        killed = loop.time()
+        # A dead node answers no push: at once "not online" (no subscriber left).
+        assert (await here.push("user0", b"lost?")).missing == ("user0",)
+        await eventually(lambda: _count(here, 1), timeout=TTL * 3 + 2)
+        gone_after = loop.time() - killed
+        assert gone_after <= TTL + TTL / 3 + 1.0  # the documented bound, plus slack
+        assert await here.presence("user0") is None
+        assert (await here.push("user1", b"still here")).missing == ()
+        assert (await clients[1].receive()).data == b"still here"
+    finally:
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+        for p in procs:
+            p.kill()
+        if here is not None:
+            await here.stop()
+        await cleanup(broker, prefix, opts.get("redis_url"))
+
+
+async def _count(server: Server, n: int) -> bool:
+    return await server.online_count() == n
+
+
+@pytest.fixture
+async def own_broker(broker: str) -> AsyncIterator[BrokerProcess]:
+    proc = BrokerProcess(broker)
+    await proc.start()
+    yield proc
+    await proc.close()
+
+
+async def _health(server: Server) -> int:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(http_url(server, "/health")) as resp:
+            return resp.status
+
+
+async def test_broker_restart_is_survived(
+    broker: str, own_broker: BrokerProcess, make_server: MakeServer, connect: Connect
+) -> None:
+    opts = broker_options(broker, new_prefix(), own_broker.url, broker_timeout=0.5)
+    a = await make_server(broker=broker, plugin=opts)
+    b = await make_server(broker=broker, plugin=opts)
+    alice = await connect(a, "alice", tags=["t"])
+    bob = await connect(b, "bob", tags=["t"])
+    await eventually(lambda: _count(a, 2))
+
+    await own_broker.kill()
+    await eventually(lambda: not a.broker.healthy() and not b.broker.healthy())  # type: ignore[union-attr]
+    assert await _health(a) == 503
+    # Local connections stay and local pushes still work.
+    assert (await a.push("alice", b"local")).missing == ()
+    assert (await alice.receive()).data == b"local"
+    a.broadcast(b"only here")  # a broadcast still reaches the node's own users
+    assert (await alice.receive()).data == b"only here"
+    # Calls that need the broker fail fast instead of hanging.
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(Unavailable):
+        await a.push("bob", b"remote")
+    with pytest.raises(Unavailable):
+        await a.online_count()
+    assert loop.time() - start < 2.0
+    assert a.local_count() == 1 and b.local_count() == 1
+
+    await own_broker.start()  # restarted empty
+    await eventually(lambda: a.broker.healthy() and b.broker.healthy(), timeout=10)  # type: ignore[union-attr]
+    assert await _health(a) == 200
+    await eventually(lambda: _count(a, 2), timeout=5)
+    assert (await a.push("bob", b"remote again")).missing == ()
+    assert (await bob.receive()).data == b"remote again"
+    a.push_tags(["t"], b"tagged")
+    assert (await alice.receive()).data == b"tagged"
+    assert (await bob.receive()).data == b"tagged"

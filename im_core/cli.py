@@ -48,6 +48,12 @@ def _plugin_options(pm: Any) -> dict[str, dict[str, Any]]:
     return declared
 
 
+def _help(text: str, default: Any) -> str:
+    if default is None or "default" in text:
+        return text
+    return f"{text} (default: {default})"
+
+
 def build_parser(plugin_opts: dict[str, dict[str, Any]]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="im-run", description="im: a real-time push server (WebSocket + gRPC + HTTP)."
@@ -71,12 +77,12 @@ def build_parser(plugin_opts: dict[str, dict[str, Any]]) -> argparse.ArgumentPar
     for field in attrs.fields(Options):
         if field.name in _SKIP:
             continue
-        default = "" if field.default is None else field.default
         parser.add_argument(
             _flag(field.name),
             dest=field.name,
             default=None,
-            help=f"{HELP.get(field.name, '')} (default: {default})",
+            metavar=field.name.upper(),
+            help=_help(HELP.get(field.name, ""), field.default),
         )
     for name, spec in plugin_opts.items():
         parser.add_argument(
@@ -84,7 +90,8 @@ def build_parser(plugin_opts: dict[str, dict[str, Any]]) -> argparse.ArgumentPar
             dest=f"plugin:{name}",
             default=None,
             choices=spec["choices"],
-            help=f"{spec['help']} (default: {spec['default']})",
+            metavar=name.upper(),
+            help=_help(spec["help"], spec["default"]),
         )
     return parser
 

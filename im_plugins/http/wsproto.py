@@ -4,8 +4,9 @@
 upgrade request and runs the validate hook; ``websocket.switch`` then answers ``101``
 and moves the socket to a ``WsProtocol`` with ``transport.set_protocol``. From then
 on no aiohttp request, response, reader or task exists per connection: an idle
-connection is this object, its ``Connection`` and the transport. Writes go straight to the transport (``im_core.connection``);
-this class reads client frames: masked text/binary/continuation, ping, pong, close.
+connection is this object, its ``Connection`` and the transport. Writes go straight
+to the transport (``im_core.connection``); this class reads client frames: masked
+text/binary/continuation, ping, pong, close.
 """
 
 from __future__ import annotations

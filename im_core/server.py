@@ -260,13 +260,18 @@ class Server:
             old.close(CloseCode.REPLACED, "replaced by a new login")
         self.tags.add(conn, identity.tags, time.time())
         assert self.broker is not None
+        # Taken before the broker runs: entries another node hands over while we
+        # register are re-sent as they are adopted, not twice.
+        pending = self.acks.pending(conn.user_id)
         try:
             await self.broker.connected(self._presence(conn))
             await self.hooks.connected(self, conn)
         except Exception:
             conn.close(CloseCode.INTERNAL_ERROR, "server error while connecting")
             raise
-        for entry in self.acks.pending(conn.user_id):
+        for entry in pending:
+            if entry.done:
+                continue
             if conn.send(fmt.build(entry.sid, entry.payload)):
                 self.acks.redelivered(entry)
         return conn

@@ -26,7 +26,8 @@ Acks (docs/cluster.md, "Acks"):
   ``REPLACED``); it adopts them with their sid, order and try count and
   re-sends them at once. The old node forgets them without an outcome;
 - each ack outcome goes to the node that allocated its sid ("ackr"), where
-  ``im_ack_outcome`` fires: queued, sent in order by one task, best effort.
+  ``im_ack_outcome`` fires: queued and sent in order by one task, one message per
+  node for all outcomes queued meanwhile; best effort (lost in an outage).
 """
 
 from __future__ import annotations
@@ -97,6 +98,21 @@ def push_message(origin: int, push: Push, users: Iterable[str] | None = None) ->
     return encode(header, push.payload)
 
 
+def outcome_message(origin: int, outcomes: list[AckOutcome]) -> bytes:
+    """Ack outcomes for one node: [outcome, user, sid, tries, reason, payload length]
+    each in the header, the expired payloads one after another after it."""
+    rows = [[o.outcome, o.user_id, o.sid, o.tries, o.reason, len(o.payload)] for o in outcomes]
+    return encode({"t": "ackr", "o": origin, "a": rows}, b"".join(o.payload for o in outcomes))
+
+
+def read_outcomes(header: Header, payload: bytes) -> list[AckOutcome]:
+    out, at = [], 0
+    for outcome, user, sid, tries, reason, size in header["a"]:
+        out.append(AckOutcome(outcome, user, sid, tries, reason, payload[at : at + size]))
+        at += size
+    return out
+
+
 def merge_distribution(parts: Iterable[dict[str, TagStat]]) -> dict[str, TagStat]:
     """Per tag: members summed over nodes, the earliest creation time."""
     out: dict[str, TagStat] = {}
@@ -142,7 +158,7 @@ class ClusterBroker(Broker):
         self.dropped = 0  # broadcasts/tag pushes that reached only this node (outage)
         self._outgoing: list[tuple[Push, bytes]] = []
         self._sender: asyncio.Task[None] | None = None
-        self._outcomes: list[tuple[int, bytes]] = []
+        self._outcomes: list[tuple[int, AckOutcome]] = []
         self._reporter: asyncio.Task[None] | None = None
         self.lost_outcomes = 0  # ack outcomes that could not be sent (outage)
 
@@ -355,9 +371,8 @@ class ClusterBroker(Broker):
             missing = node.deliver(push)
             return orjson.dumps({"m": missing}) if push.kind == "users" else None
         if kind == "ackr":
-            node.ack_outcome(
-                AckOutcome(header["x"], header["u"], header["s"], header["n"], header["r"], payload)
-            )
+            for outcome in read_outcomes(header, payload):
+                node.ack_outcome(outcome)
             return None
         if kind == "take":
             user = header["u"]
@@ -460,33 +475,27 @@ class ClusterBroker(Broker):
 
     def report(self, node_id: int, outcome: AckOutcome) -> bool:
         if not self._up:
-            self.lost_outcomes += 1
+            self.lost_outcomes += 1  # the outage is logged once
             return True
-        header = {
-            "t": "ackr",
-            "o": self.node_id,
-            "x": outcome.outcome,
-            "u": outcome.user_id,
-            "s": outcome.sid,
-            "n": outcome.tries,
-            "r": outcome.reason,
-        }
-        self._outcomes.append((node_id, encode(header, outcome.payload)))
+        self._outcomes.append((node_id, outcome))
         if self._reporter is None or self._reporter.done():
             self._reporter = self.spawn(self._send_outcomes())
         return True
 
     async def _send_outcomes(self) -> None:
+        """Send queued outcomes, one message per origin node for all queued meanwhile."""
         while self._outcomes:
             batch, self._outcomes = self._outcomes, []
-            for sent, (node, data) in enumerate(batch):
+            per_node: dict[int, list[AckOutcome]] = {}
+            for node, outcome in batch:
+                per_node.setdefault(node, []).append(outcome)
+            for node, outcomes in per_node.items():
                 try:
-                    async with self._guard("ack outcome"):
-                        await self._notify(node, data)
+                    async with self._guard("ack outcomes"):
+                        await self._notify(node, outcome_message(self.node_id, outcomes))
                 except Unavailable as exc:
-                    self.lost_outcomes += len(batch) - sent
-                    log.debug("%d ack outcomes not sent: %s", len(batch) - sent, exc)
-                    break
+                    self.lost_outcomes += len(outcomes)
+                    log.debug("%d ack outcomes not sent: %s", len(outcomes), exc)
 
     async def presence(self, user_id: str) -> Presence | None:
         here = self.node.local_presence(user_id)

@@ -205,3 +205,20 @@ async def test_outcomes_are_reported_once_on_a_single_node(
     assert base64.b64decode(events[1][1]["data_b64"]) == b"late"
     assert [(o.outcome, o.sid) for o in seen.outcomes] == [("acked", sid), ("expired", expired)]
     assert seen.acked == [("alice", sid)] and len(seen.expired) == 1
+
+
+async def test_outcomes_of_an_acked_broadcast_come_back_to_its_node(
+    node: Node, connect: Connect
+) -> None:
+    a, b, c = await node(), await node(), await node()
+    users = [f"u{i}" for i in range(6)]
+    clients = [await connect((b, c)[i % 2], user, auto_ack=True) for i, user in enumerate(users)]
+    await visible(a, *users)
+    sid = a.broadcast(b"to all, with receipts", ack=True).sid
+    for client in clients:
+        assert (await client.receive()).sid == sid
+    await eventually(lambda: len(hooks_of(node, a).outcomes) == len(users))
+    assert sorted((o.outcome, o.user_id, o.sid) for o in hooks_of(node, a).outcomes) == [
+        ("acked", u, sid) for u in users
+    ]
+    assert len(hooks_of(node, b).acked) == len(hooks_of(node, c).acked) == 3

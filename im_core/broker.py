@@ -6,11 +6,12 @@ broker (``im_plugins.memory_broker``) serves a single node; Redis and NATS broke
 make several nodes one service. A broker calls back into its node only through
 the ``LocalNode`` methods below.
 
-Acks in a cluster (docs/cluster.md, "Acks"): a cluster broker hands a user's
-unacked entries over to the node the user reconnects to (``take_unacked`` on the
-holder, ``adopt_unacked`` on the new node, driven from ``connected`` /
-``disconnected``), and carries each ack outcome to the node that allocated its sid
-(``report`` -> that node's ``ack_outcome``). The memory broker needs neither.
+Acks in a cluster (docs/cluster.md, "Acks across nodes"): a cluster broker hands
+a user's unacked entries over to the node the user reconnects to
+(``take_unacked`` on the holder, ``adopt_unacked`` on the new node, driven from
+``connected`` / ``disconnected``), and carries each ack outcome to the node that
+allocated its sid (``report`` -> that node's ``ack_outcome``). The memory broker
+needs neither.
 """
 
 from __future__ import annotations

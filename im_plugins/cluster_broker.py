@@ -16,7 +16,7 @@ Routing rules:
   were queued meanwhile) and the broadcast worker does not wait for the broker, so
   it drains its queue in one go and each connection gets its frames in one write.
 
-Acks (docs/cluster.md, "Acks"):
+Acks (docs/cluster.md, "Acks across nodes"):
 - unacked entries follow their user. A node that loses a user while it still
   tracks entries for them records itself as a holder of that user ("held"
   marker, kept ``hold_ttl``) before dropping the presence entry. A node the user
@@ -465,8 +465,9 @@ class ClusterBroker(Broker):
             async with self._guard("unregister"):
                 # The marker first: a login elsewhere that no longer sees our presence
                 # entry must see the marker.
-                if self.node.has_unacked(presence.user_id):
-                    await self._hold(presence.user_id)
+                user = presence.user_id
+                if self.node.has_unacked(user) and self.node.local_presence(user) is None:
+                    await self._hold(user)
                 await self._unregister(presence)
         except Unavailable:
             self._resync = True

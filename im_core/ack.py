@@ -8,7 +8,10 @@ Rules (docs/protocol.md, "Ack flow"):
   interval passes without a receipt it expires (``reason="max_tries"``);
 - a send that finds the user offline uses no try; the entry waits ``keep_offline``
   seconds for the user to return (then expires with ``reason="offline"``); when the
-  user reconnects, every unacked entry is re-delivered at once, in order.
+  user reconnects, every unacked entry is re-delivered at once, in order;
+- in a cluster the entries follow the user: the node the user reconnects to takes
+  them over (``take`` on the old node, ``adopt`` on the new one) with their sid,
+  order and try count; the old node forgets them without an outcome.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Literal
+
+import attrs
 
 NODE_BITS = 10
 COUNTER_BITS = 42
@@ -40,6 +46,19 @@ class SidAllocator:
 
 def node_of(sid: int) -> int:
     return sid >> COUNTER_BITS
+
+
+@attrs.frozen(slots=True)
+class AckOutcome:
+    """How an acked push ended for one user; reported to the node that allocated
+    the sid (``node_of(sid)``), where ``im_ack_outcome`` fires."""
+
+    outcome: Literal["acked", "expired"]
+    user_id: str
+    sid: int
+    tries: int = 0
+    reason: str = ""  # expired only: "max_tries" or "offline"
+    payload: bytes = b""  # expired only: lets the backend store it for later
 
 
 class Unacked:
@@ -103,6 +122,31 @@ class AckTracker:
     def pending(self, user_id: str) -> list[Unacked]:
         """Unacked entries of ``user_id`` in the order they were first sent."""
         return list(self._by_user.get(user_id, {}).values())
+
+    def has(self, user_id: str) -> bool:
+        return user_id in self._by_user
+
+    def take(self, user_id: str) -> list[Unacked]:
+        """Forget the user's entries without an outcome (another node adopts them);
+        returned in the order they were first sent."""
+        entries = self._by_user.pop(user_id, None)
+        if not entries:
+            return []
+        for entry in entries.values():
+            entry.done = True  # the due queue skips it from now on
+        return list(entries.values())
+
+    def adopt(self, user_id: str, sid: int, payload: bytes, tries: int) -> Unacked | None:
+        """Track an entry handed over by another node, keeping its try count; it is
+        due one interval from now. None if the sid is already tracked here."""
+        entries = self._by_user.setdefault(user_id, {})
+        if sid in entries:
+            return None
+        entry = Unacked(user_id, sid, payload, self._clock() + self.interval)
+        entry.tries = tries
+        entries[sid] = entry
+        self._due.append(entry)
+        return entry
 
     def redelivered(self, entry: Unacked) -> None:
         """Account a re-delivery made on reconnect."""

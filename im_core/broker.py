@@ -5,6 +5,13 @@ One broker is chosen at startup through the ``im_broker`` hook. The in-memory
 broker (``im_plugins.memory_broker``) serves a single node; Redis and NATS brokers
 make several nodes one service. A broker calls back into its node only through
 the ``LocalNode`` methods below.
+
+Acks in a cluster (docs/cluster.md, "Acks across nodes"): a cluster broker hands
+a user's unacked entries over to the node the user reconnects to
+(``take_unacked`` on the holder, ``adopt_unacked`` on the new node, driven from
+``connected`` / ``disconnected``), and carries each ack outcome to the node that
+allocated its sid (``report`` -> that node's ``ack_outcome``). The memory broker
+needs neither.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from typing import Literal, Protocol
 
 import attrs
 
+from .ack import AckOutcome, Unacked
 from .tags import TagStat
 
 Kind = Literal["users", "all", "tags_any", "tags_all"]
@@ -60,6 +68,22 @@ class LocalNode(Protocol):
 
     def retag_local(self, user_id: str, add: tuple[str, ...], remove: tuple[str, ...]) -> bool: ...
 
+    def has_unacked(self, user_id: str) -> bool:
+        """Whether this node tracks unacked entries of ``user_id``."""
+        ...
+
+    def take_unacked(self, user_id: str) -> list[Unacked]:
+        """Give up the user's unacked entries (in order, no outcome fires here)."""
+        ...
+
+    def adopt_unacked(self, user_id: str, entries: list[Unacked]) -> None:
+        """Track entries another node gave up and re-send them if the user is here."""
+        ...
+
+    def ack_outcome(self, outcome: AckOutcome) -> None:
+        """An outcome of a push this node allocated the sid of (fires ``im_ack_outcome``)."""
+        ...
+
 
 class Broker(abc.ABC):
     """Routes pushes and keeps cluster-wide state. Every method may raise
@@ -103,6 +127,12 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def retag(self, user_id: str, add: tuple[str, ...], remove: tuple[str, ...]) -> bool: ...
+
+    def report(self, node_id: int, outcome: AckOutcome) -> bool:
+        """Carry ``outcome`` to node ``node_id`` (the sid's origin, not this node).
+        Return False when this broker does not reach other nodes: the outcome is
+        then reported here. Must not block; delivery is best effort."""
+        return False
 
     def healthy(self) -> bool:
         """False while the backing service is unreachable."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from .ack import AckOutcome
     from .broker import Broker
     from .codec import Codec
     from .connection import Connection
@@ -132,11 +133,18 @@ def im_receive(server: Server, conn: Connection, data: bytes) -> None:
 
 
 # --- acks ----------------------------------------------------------------------
+#
+# Where they fire: ``im_acked`` / ``im_ack_expired`` on the node that tracks the
+# receipt (the one the user is connected to, or last was; in a cluster the entries
+# follow a user who reconnects elsewhere, and so do these hooks). ``im_ack_outcome``
+# on the node that allocated the sid (the one whose push API took the push), once
+# per user and sid, wherever the user was. On a single node all three fire there.
 
 
 @hookspec
 def im_acked(server: Server, user_id: str, sid: int) -> None:
-    """``user_id`` acknowledged the push ``sid``; no more re-sends happen."""
+    """``user_id`` acknowledged the push ``sid``; no more re-sends happen. Fires on
+    the node that tracked the receipt (see ``im_ack_outcome`` for the pushing node)."""
 
 
 @hookspec
@@ -145,4 +153,17 @@ def im_ack_expired(
 ) -> None:
     """The push ``sid`` to ``user_id`` was not acknowledged: after ``tries`` sends
     (``reason="max_tries"``) or because the user stayed offline
-    (``reason="offline"``). ``payload`` lets a backend store it for later."""
+    (``reason="offline"``). ``payload`` lets a backend store it for later. Fires on
+    the node that tracked the receipt."""
+
+
+@hookspec
+def im_ack_outcome(server: Server, outcome: AckOutcome) -> None:
+    """How the push ``outcome.sid`` ended for ``outcome.user_id`` (``"acked"`` or
+    ``"expired"`` with ``reason``, ``tries`` and, for expired, ``payload``).
+
+    Fires on the node that allocated the sid, whichever node tracked the receipt:
+    the tracking node sends it there through the broker (best effort: lost if that
+    node is gone or the broker is unreachable). The ack event streams of the push
+    APIs are fed from this hook.
+    """

@@ -22,6 +22,7 @@ import pluggy
 from . import hookspecs
 
 if TYPE_CHECKING:
+    from .ack import AckOutcome
     from .broker import Broker
     from .codec import Codec
     from .connection import Connection
@@ -203,3 +204,6 @@ class Hooks:
             tries=tries,
             reason=reason,
         )
+
+    async def ack_outcome(self, server: Server, outcome: AckOutcome) -> None:
+        await self._all(self._hook.im_ack_outcome, server=server, outcome=outcome)

@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 import pluggy
 
-from .ack import AckTracker, SidAllocator, Unacked
+from .ack import AckOutcome, AckTracker, SidAllocator, Unacked, node_of
 from .broker import Broker, Kind, Presence, Push
 from .bucket import Buckets
 from .codec import BadFrame, Codec
@@ -260,13 +260,18 @@ class Server:
             old.close(CloseCode.REPLACED, "replaced by a new login")
         self.tags.add(conn, identity.tags, time.time())
         assert self.broker is not None
+        # Taken before the broker runs: entries another node hands over while we
+        # register are re-sent as they are adopted, not twice.
+        pending = self.acks.pending(conn.user_id)
         try:
             await self.broker.connected(self._presence(conn))
             await self.hooks.connected(self, conn)
         except Exception:
             conn.close(CloseCode.INTERNAL_ERROR, "server error while connecting")
             raise
-        for entry in self.acks.pending(conn.user_id):
+        for entry in pending:
+            if entry.done:
+                continue
             if conn.send(fmt.build(entry.sid, entry.payload)):
                 self.acks.redelivered(entry)
         return conn
@@ -307,6 +312,7 @@ class Server:
 
     def _acked(self, entry: Unacked) -> None:
         self.spawn(self.hooks.acked(self, entry.user_id, entry.sid))
+        self._report(AckOutcome("acked", entry.user_id, entry.sid, entry.tries))
 
     def _ack_expired(self, entry: Unacked, reason: str) -> None:
         self.spawn(
@@ -314,6 +320,15 @@ class Server:
                 self, entry.user_id, entry.sid, entry.payload, entry.tries, reason
             )
         )
+        self._report(
+            AckOutcome("expired", entry.user_id, entry.sid, entry.tries, reason, entry.payload)
+        )
+
+    def _report(self, outcome: AckOutcome) -> None:
+        """Send the outcome to the node that allocated the sid (this one, usually)."""
+        origin = node_of(outcome.sid)
+        if origin == self.node_id or self.broker is None or not self.broker.report(origin, outcome):
+            self.ack_outcome(outcome)
 
     # --- the push API ------------------------------------------------------------------
 
@@ -494,6 +509,25 @@ class Server:
         self.tags.remove(conn, remove)
         self.tags.add(conn, add, time.time())
         return True
+
+    def has_unacked(self, user_id: str) -> bool:
+        return self.acks.has(user_id)
+
+    def take_unacked(self, user_id: str) -> list[Unacked]:
+        if self.buckets.get(user_id) is not None:
+            return []  # the user is (again) connected here: the entries stay
+        return self.acks.take(user_id)
+
+    def adopt_unacked(self, user_id: str, entries: list[Unacked]) -> None:
+        conn = self.buckets.get(user_id)
+        for handed in entries:
+            entry = self.acks.adopt(user_id, handed.sid, handed.payload, handed.tries)
+            if entry is not None and conn is not None:
+                if conn.send(conn.fmt.build(entry.sid, entry.payload)):
+                    self.acks.redelivered(entry)
+
+    def ack_outcome(self, outcome: AckOutcome) -> None:
+        self.spawn(self.hooks.ack_outcome(self, outcome))
 
     # --- stats -------------------------------------------------------------------------
 

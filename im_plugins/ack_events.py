@@ -1,10 +1,13 @@
 """Ack outcomes as a feed the push APIs stream to backends (gRPC ``AckEvents``,
 HTTP ``GET /api/v1/ack_events``).
 
-This plugin turns the ``im_acked`` / ``im_ack_expired`` hooks into events and
-fans them out to subscribers of the same node. Each subscriber has a bounded
-queue: one that falls behind is ended with ``FellBehind`` rather than silently
-losing events, so a backend always knows whether it saw everything.
+This plugin turns the ``im_ack_outcome`` hook into events and fans them out to
+subscribers of the same node. That hook fires on the node that allocated the sid,
+so a backend subscribed on the node it pushes through sees the outcome of each of
+its pushes once, whichever node the user was connected to (docs/api.md). Each
+subscriber has a bounded queue: one that falls behind is ended with ``FellBehind``
+rather than silently losing events, so a backend always knows whether it saw
+everything.
 """
 
 from __future__ import annotations
@@ -12,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Literal
-
-import attrs
+from typing import TYPE_CHECKING
 
 from im_core import hookimpl
+from im_core.ack import AckOutcome
 from im_core.errors import ImError
 
 if TYPE_CHECKING:
@@ -26,14 +28,8 @@ if TYPE_CHECKING:
 QUEUE_LIMIT = 10_000
 
 
-@attrs.frozen(slots=True)
-class AckEvent:
-    outcome: Literal["acked", "expired"]
-    user_id: str
-    sid: int
-    tries: int = 0
-    reason: str = ""
-    payload: bytes = b""  # expired only: lets the backend store it for later
+#: One event of the feed: an ack outcome (outcome, user_id, sid, tries, reason, payload).
+AckEvent = AckOutcome
 
 
 class FellBehind(ImError):
@@ -122,19 +118,10 @@ def feed_for(server: Server) -> AckFeed:
 
 
 @hookimpl
-def im_acked(server: Server, user_id: str, sid: int) -> None:
+def im_ack_outcome(server: Server, outcome: AckOutcome) -> None:
     feed = _feeds.get(server)
     if feed is not None and feed.subscribers:
-        feed.publish(AckEvent("acked", user_id, sid))
-
-
-@hookimpl
-def im_ack_expired(
-    server: Server, user_id: str, sid: int, payload: bytes, tries: int, reason: str
-) -> None:
-    feed = _feeds.get(server)
-    if feed is not None and feed.subscribers:
-        feed.publish(AckEvent("expired", user_id, sid, tries, reason, payload))
+        feed.publish(outcome)
 
 
 @hookimpl

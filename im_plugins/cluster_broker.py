@@ -15,12 +15,26 @@ Routing rules:
   Broadcasts and tag pushes leave in batches (one broker round trip for all that
   were queued meanwhile) and the broadcast worker does not wait for the broker, so
   it drains its queue in one go and each connection gets its frames in one write.
+
+Acks (docs/cluster.md, "Acks across nodes"):
+- unacked entries follow their user. A node that loses a user while it still
+  tracks entries for them records itself as a holder of that user ("held"
+  marker, kept ``hold_ttl``) before dropping the presence entry. A node the user
+  connects to learns the previous holders atomically with its presence write
+  (the overwritten presence entry and the held markers) and asks each of them to
+  hand the entries over ("take", which also closes an older login with
+  ``REPLACED``); it adopts them with their sid, order and try count and
+  re-sends them at once. The old node forgets them without an outcome;
+- each ack outcome goes to the node that allocated its sid ("ackr"), where
+  ``im_ack_outcome`` fires: queued and sent in order by one task, one message per
+  node for all outcomes queued meanwhile; best effort (lost in an outage).
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import base64
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -28,6 +42,7 @@ from typing import Any
 
 import orjson
 
+from im_core.ack import AckOutcome, Unacked
 from im_core.broker import Broker, LocalNode, Presence, Push
 from im_core.errors import CloseCode, Unavailable
 from im_core.tags import TagStat
@@ -83,6 +98,21 @@ def push_message(origin: int, push: Push, users: Iterable[str] | None = None) ->
     return encode(header, push.payload)
 
 
+def outcome_message(origin: int, outcomes: list[AckOutcome]) -> bytes:
+    """Ack outcomes for one node: [outcome, user, sid, tries, reason, payload length]
+    each in the header, the expired payloads one after another after it."""
+    rows = [[o.outcome, o.user_id, o.sid, o.tries, o.reason, len(o.payload)] for o in outcomes]
+    return encode({"t": "ackr", "o": origin, "a": rows}, b"".join(o.payload for o in outcomes))
+
+
+def read_outcomes(header: Header, payload: bytes) -> list[AckOutcome]:
+    out, at = [], 0
+    for outcome, user, sid, tries, reason, size in header["a"]:
+        out.append(AckOutcome(outcome, user, sid, tries, reason, payload[at : at + size]))
+        at += size
+    return out
+
+
 def merge_distribution(parts: Iterable[dict[str, TagStat]]) -> dict[str, TagStat]:
     """Per tag: members summed over nodes, the earliest creation time."""
     out: dict[str, TagStat] = {}
@@ -96,14 +126,23 @@ def merge_distribution(parts: Iterable[dict[str, TagStat]]) -> dict[str, TagStat
     return out
 
 
+def hold_ttl(options: Any) -> float:
+    """How long a "held" marker outlives the disconnect: an offline user's entries
+    expire ``ack_keep_offline`` after the first re-send that found them gone."""
+    return float(options.ack_keep_offline + 2 * options.ack_interval + 1.0)
+
+
 class ClusterBroker(Broker):
     """Routing and peer handling over an abstract transport and store."""
 
     #: exceptions of the client library that mean "the broker cannot be reached"
     errors: tuple[type[BaseException], ...] = (OSError,)
 
-    def __init__(self, options: dict[str, Any], node_id: int | None = None) -> None:
+    def __init__(
+        self, options: dict[str, Any], node_id: int | None = None, hold_ttl: float = 70.0
+    ) -> None:
         self.wanted_id = node_id  # None: the broker picks a free id
+        self.hold_ttl = hold_ttl
         self.prefix: str = str(options.get("broker_prefix") or "im")
         self.ttl = float(options.get("presence_ttl") or 10.0)
         self.timeout = float(options.get("broker_timeout") or 1.0)
@@ -119,6 +158,9 @@ class ClusterBroker(Broker):
         self.dropped = 0  # broadcasts/tag pushes that reached only this node (outage)
         self._outgoing: list[tuple[Push, bytes]] = []
         self._sender: asyncio.Task[None] | None = None
+        self._outcomes: list[tuple[int, AckOutcome]] = []
+        self._reporter: asyncio.Task[None] | None = None
+        self.lost_outcomes = 0  # ack outcomes that could not be sent (outage)
 
     # --- what a concrete broker provides -------------------------------------------
 
@@ -141,8 +183,14 @@ class ClusterBroker(Broker):
         """Presence of ``users`` on live nodes (absent when offline)."""
 
     @abc.abstractmethod
-    async def _register(self, presence: Presence) -> Presence | None:
-        """Record ``presence``; return the entry it overwrote (any node)."""
+    async def _register(self, presence: Presence) -> tuple[Presence | None, set[int]]:
+        """Record ``presence``; return the entry it overwrote (any node) and the
+        nodes holding unacked entries of the user (their markers are dropped)."""
+
+    @abc.abstractmethod
+    async def _hold(self, user: str) -> None:
+        """Mark this node as holding unacked entries of ``user`` for ``hold_ttl``;
+        visible to a ``_register`` that runs after this returns."""
 
     @abc.abstractmethod
     async def _unregister(self, presence: Presence) -> None:
@@ -322,6 +370,19 @@ class ClusterBroker(Broker):
             )
             missing = node.deliver(push)
             return orjson.dumps({"m": missing}) if push.kind == "users" else None
+        if kind == "ackr":
+            for outcome in read_outcomes(header, payload):
+                node.ack_outcome(outcome)
+            return None
+        if kind == "take":
+            user = header["u"]
+            if "i" in header:  # close the older login first: then the entries are free
+                node.kick_local(user, header["c"], header["r"], header["i"])
+            entries = node.take_unacked(user)
+            if entries:
+                log.debug("handing %d unacked of %r to node %d", len(entries), user, header["o"])
+            wire = [[e.sid, e.tries, base64.b64encode(e.payload).decode()] for e in entries]
+            return orjson.dumps({"e": wire})
         if kind == "kick":
             ok = node.kick_local(header["u"], header["c"], header["r"], header.get("i"))
             return orjson.dumps({"ok": ok})
@@ -349,23 +410,51 @@ class ClusterBroker(Broker):
         self.local[presence.user_id] = presence
         try:
             async with self._guard("register"):
-                old = await self._register(presence)
+                old, holders = await self._register(presence)
         except Unavailable:
             self._resync = True  # accepted locally; registered when the broker is back
             self._changed()
             return
         self._changed()
-        if old is not None and old.node_id != self.node_id:
-            kick = {
-                "t": "kick",
-                "u": presence.user_id,
-                "c": int(CloseCode.REPLACED),
-                "r": "replaced by a new login",
-                "i": old.conn_id,
-            }
+        older = old if old is not None and old.node_id != self.node_id else None
+        if older is not None:
+            holders.add(older.node_id)
+        holders.discard(self.node_id)  # our own entries: the node redelivers them itself
+        if holders:
+            older_node = None if older is None else older.node_id
+            takes = (
+                self._take(n, presence.user_id, older if n == older_node else None)
+                for n in sorted(holders)
+            )
+            await asyncio.gather(*takes)
+
+    async def _take(self, node: int, user: str, older: Presence | None) -> None:
+        """Ask ``node`` for the user's unacked entries (closing ``older`` there) and
+        adopt them here."""
+        message: Header = {"t": "take", "o": self.node_id, "u": user}
+        if older is not None:
+            message.update(c=int(CloseCode.REPLACED), r="replaced by a new login", i=older.conn_id)
+        try:
+            async with self._guard("take over unacked", peer=True):
+                answer = await self._request(node, encode(message))
+        except Unavailable as exc:
+            # The entries (if any) stay on that node and expire there.
+            log.warning("unacked of %r on node %d not taken over: %s", user, node, exc)
+            return
+        if answer is None:
+            return  # the node is gone, and its entries with it
+        entries = []
+        for sid, tries, payload in orjson.loads(answer)["e"]:
+            entry = Unacked(user, sid, base64.b64decode(payload), 0.0)
+            entry.tries = tries
+            entries.append(entry)
+        if not entries:
+            return
+        self.node.adopt_unacked(user, entries)
+        if self.node.local_presence(user) is None:  # gone again meanwhile: say we hold them
             with contextlib.suppress(Unavailable):
-                async with self._guard("replace"):
-                    await self._notify(old.node_id, encode(kick))
+                async with self._guard("hold"):
+                    await self._hold(user)
 
     async def disconnected(self, presence: Presence) -> None:
         current = self.local.get(presence.user_id)
@@ -374,9 +463,40 @@ class ClusterBroker(Broker):
         self._changed()
         try:
             async with self._guard("unregister"):
+                # The marker first: a login elsewhere that no longer sees our presence
+                # entry must see the marker.
+                user = presence.user_id
+                if self.node.has_unacked(user) and self.node.local_presence(user) is None:
+                    await self._hold(user)
                 await self._unregister(presence)
         except Unavailable:
             self._resync = True
+
+    # --- ack outcomes to the node that allocated the sid -------------------------
+
+    def report(self, node_id: int, outcome: AckOutcome) -> bool:
+        if not self._up:
+            self.lost_outcomes += 1  # the outage is logged once
+            return True
+        self._outcomes.append((node_id, outcome))
+        if self._reporter is None or self._reporter.done():
+            self._reporter = self.spawn(self._send_outcomes())
+        return True
+
+    async def _send_outcomes(self) -> None:
+        """Send queued outcomes, one message per origin node for all queued meanwhile."""
+        while self._outcomes:
+            batch, self._outcomes = self._outcomes, []
+            per_node: dict[int, list[AckOutcome]] = {}
+            for node, outcome in batch:
+                per_node.setdefault(node, []).append(outcome)
+            for node, outcomes in per_node.items():
+                try:
+                    async with self._guard("ack outcomes"):
+                        await self._notify(node, outcome_message(self.node_id, outcomes))
+                except Unavailable as exc:
+                    self.lost_outcomes += len(outcomes)
+                    log.debug("%d ack outcomes not sent: %s", len(outcomes), exc)
 
     async def presence(self, user_id: str) -> Presence | None:
         here = self.node.local_presence(user_id)

@@ -149,7 +149,8 @@ OPERATIONS: dict[str, tuple[str, str | None, str, tuple[int, ...]]] = {
     "Distribution": ("Per-tag online numbers.", None, "DistributionReply", (503,)),
     "Stats": ("Online count and this node's numbers.", None, "StatsReply", (503,)),
     "AckEvents": (
-        "Server-sent events (text/event-stream) of ack outcomes on this node: "
+        "Server-sent events (text/event-stream) of the ack outcomes of pushes made "
+        "through this node, wherever the user was connected: "
         "`event: acked|expired`, `data:` an AckEvent. A `: subscribed` comment comes "
         "first; an `event: error` ends a subscriber that fell behind.",
         None,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from im_core import hookimpl
-from im_plugins.cluster_broker import add_options
+from im_plugins.cluster_broker import add_options, hold_ttl
 
 if TYPE_CHECKING:
     from im_core.broker import Broker
@@ -37,4 +37,5 @@ def im_broker(server: Server) -> Broker | None:
             f"broker nats: cannot import {exc.name!r} (pip install 'im[nats]')"
         ) from exc
 
-    return NatsBroker(server.options.plugin, server.options.node_id)
+    opts = server.options
+    return NatsBroker(opts.plugin, opts.node_id, hold_ttl(opts))

@@ -9,7 +9,9 @@ KV buckets (in memory; nodes re-register after a NATS restart):
 ``P_nodes``  key ``nN`` -> {token, count, distribution}; the bucket's max age is the
              presence TTL, so a node that stops writing drops out by itself;
 ``P_presence`` key base64(user) -> {node, token, conn_id, connected_at, tags}; an
-             entry counts only while the node entry with the same token lives.
+             entry counts only while the node entry with the same token lives;
+``P_held``   key base64(user) -> [node ids holding unacked entries of the offline
+             user]; the bucket's max age is the hold ttl.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from im_plugins.cluster_broker import ClusterBroker, decode, merge_distribution
 
 log = logging.getLogger("im.nats")
 MISSING = (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError)
+WRONG_LAST_SEQUENCE = 10071  # JetStream: the key was written since we read it
 SEEN = 4096  # remembered tag-push ids (a push to several tags arrives once per tag)
 
 
@@ -52,8 +55,10 @@ class NatsBroker(ClusterBroker):
     name = "nats"
     errors = (nats.errors.Error, OSError)
 
-    def __init__(self, options: dict[str, Any], node_id: int | None = None) -> None:
-        super().__init__(options, node_id)
+    def __init__(
+        self, options: dict[str, Any], node_id: int | None = None, hold_ttl: float = 70.0
+    ) -> None:
+        super().__init__(options, node_id, hold_ttl)
         self.url: str = str(options.get("nats_url") or "nats://127.0.0.1:4222")
         self.token = os.urandom(8).hex()
         self._mids = itertools.count(1)
@@ -111,6 +116,7 @@ class NatsBroker(ClusterBroker):
     async def _ensure_buckets(self) -> None:
         self.presence_kv = await self._bucket("presence", None)
         self.nodes_kv = await self._bucket("nodes", self.ttl)
+        self.held_kv = await self._bucket("held", self.hold_ttl)
 
     async def _bucket(self, name: str, ttl: float | None) -> KeyValue:
         bucket = f"{self.prefix}_{name}"
@@ -258,6 +264,17 @@ class NatsBroker(ClusterBroker):
 
     # --- presence ----------------------------------------------------------------------
 
+    async def _delete_if(self, kv: KeyValue, key: str, revision: int) -> None:
+        """Delete ``key`` unless it was written after ``revision``."""
+        try:
+            await kv.delete(key, last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            pass
+        except nats.js.errors.APIError as exc:
+            # nats-py's delete raises a plain APIError for it, unlike update.
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
+
     async def _get(self, kv: KeyValue, key: str) -> Any:
         try:
             return await kv.get(key)
@@ -289,7 +306,7 @@ class NatsBroker(ClusterBroker):
             {"n": p.node_id, "i": self.token, "c": p.conn_id, "t": p.connected_at, "g": p.tags}
         )
 
-    async def _register(self, presence: Presence) -> Presence | None:
+    async def _register(self, presence: Presence) -> tuple[Presence | None, set[int]]:
         self._check()
         if presence.tags:
             await self._sync_tag_subscriptions(set(self._tag_subs) | set(presence.tags))
@@ -305,10 +322,33 @@ class NatsBroker(ClusterBroker):
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue
             break
+        # Read after our presence write: a node that dropped its presence entry
+        # before we wrote ours had written its marker before that (``_hold``).
+        holders: set[int] = set()
+        held = await self._get(self.held_kv, key)
+        if held is not None and held.value:
+            holders = set(orjson.loads(held.value))
+            await self._delete_if(self.held_kv, key, held.revision)
         if old is None or not old.value:
-            return None
+            return None, holders
         v = orjson.loads(old.value)
-        return Presence(presence.user_id, v["n"], v["c"], tuple(v["g"]), v["t"])
+        return Presence(presence.user_id, v["n"], v["c"], tuple(v["g"]), v["t"]), holders
+
+    async def _hold(self, user: str) -> None:
+        self._check()
+        key = user_key(user)
+        while True:  # compare-and-set: two nodes may mark the same user at once
+            old = await self._get(self.held_kv, key)
+            nodes = set(orjson.loads(old.value)) if old is not None and old.value else set()
+            value = orjson.dumps(sorted(nodes | {self.node_id}))
+            try:
+                if old is None:
+                    await self.held_kv.create(key, value)
+                else:
+                    await self.held_kv.update(key, value, last=old.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+            return
 
     async def _unregister(self, presence: Presence) -> None:
         self._check()
@@ -318,10 +358,7 @@ class NatsBroker(ClusterBroker):
             return
         v = orjson.loads(entry.value)
         if v["i"] == self.token and v["c"] == presence.conn_id:
-            try:
-                await self.presence_kv.delete(key, last=entry.revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                pass  # a newer login wrote it meanwhile
+            await self._delete_if(self.presence_kv, key, entry.revision)
 
     async def _heartbeat(self) -> None:
         async with self._guard("heartbeat"):

@@ -192,7 +192,8 @@ class ImServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AckEvents(self, request, context):
-        """Outcomes of pushes sent with ack, as they happen on this node. Headers are sent
+        """Outcomes of pushes sent with ack through this node, wherever the user was
+        connected (each reported once, on the node that took the push). Headers are sent
         once the subscription is active; events before that are not delivered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

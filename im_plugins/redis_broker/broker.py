@@ -43,8 +43,10 @@ class RedisBroker(ClusterBroker):
     name = "redis"
     errors = (RedisError, OSError)
 
-    def __init__(self, options: dict[str, Any], node_id: int | None = None) -> None:
-        super().__init__(options, node_id)
+    def __init__(
+        self, options: dict[str, Any], node_id: int | None = None, hold_ttl: float = 70.0
+    ) -> None:
+        super().__init__(options, node_id, hold_ttl)
         self.url: str = str(options.get("redis_url") or "redis://127.0.0.1:6379/0")
         self.token = os.urandom(8).hex()  # this incarnation's lease value
         self._rids = itertools.count(1)
@@ -253,15 +255,23 @@ class RedisBroker(ClusterBroker):
                     found[user] = parse_presence(user, value)
         return found
 
-    async def _register(self, presence: Presence) -> Presence | None:
-        old = await self._script(
+    async def _register(self, presence: Presence) -> tuple[Presence | None, set[int]]:
+        old, held = await self._script(
             self.s["REGISTER"],
             self.node_id,
             presence.user_id,
             presence_value(presence),
             *presence.tags,
         )
-        return None if old is None else parse_presence(presence.user_id, old)
+        before = None if old is None else parse_presence(presence.user_id, old)
+        return before, {int(n) for n in held}
+
+    async def _hold(self, user: str) -> None:
+        key = self._key("held", user)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(key, self.node_id)
+            pipe.pexpire(key, int(self.hold_ttl * 1000))
+            await pipe.execute()
 
     async def _unregister(self, presence: Presence) -> None:
         await self._script(

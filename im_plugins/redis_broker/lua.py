@@ -9,6 +9,7 @@ Keys (``P`` = broker prefix, ``N`` = node id):
   P:tag:T      set of node ids with members of tag T (tag routing)
   P:tags:N     set of tags node N registered in P:tag:* (cleanup)
   P:dist:N     hash tag -> "members|created" of node N (distribution)
+  P:held:U     set of node ids holding unacked entries of offline user U (PX = hold ttl)
 A presence entry counts only while its node's lease exists, so a dead node's users
 drop out when the lease expires even before anyone cleans up after it.
 """
@@ -69,7 +70,8 @@ redis.call('SADD', ARGV[1]..':nodes', ARGV[2])
 return 2
 """
 
-# ARGV: prefix, id, user, value, tags... -> the entry it replaced (or nil)
+# ARGV: prefix, id, user, value, tags... -> {the entry it replaced (or nil), the
+# nodes holding unacked entries of the user (their markers are dropped)}
 REGISTER = """
 local p, me, u = ARGV[1], ARGV[2], ARGV[3]
 local old = redis.call('HGET', p..':presence', u)
@@ -79,7 +81,9 @@ for i = 5, #ARGV do
   redis.call('SADD', p..':tag:'..ARGV[i], me)
   redis.call('SADD', p..':tags:'..me, ARGV[i])
 end
-return old
+local held = redis.call('SMEMBERS', p..':held:'..u)
+if #held > 0 then redis.call('DEL', p..':held:'..u) end
+return {old, held}
 """
 
 # ARGV: prefix, id, user, value: drop the entry only if it is still this one

@@ -5,7 +5,8 @@ Loaded by the harness (``im-run --plugin bench.probe_plugin``) with
 real API); it only times, for the last broadcast, in ms from the ``broadcast``
 call: F = the outbox flush began (a frame queued on every connection) and W = its
 socket writes done, plus C = connections written. After each such flush it
-overwrites the file with one line ``W F C``.
+overwrites the file with one line ``W F C``. Only flushes after a ``broadcast``
+call are timed: unicast flushes (one socket each) must not pay for the file write.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 _queued_at = [0.0]
 _fd = [-1]
+_armed = [False]  # a broadcast was called: time the next flush of several sockets
 
 
 class _TimedOutbox(Outbox):
@@ -30,9 +32,13 @@ class _TimedOutbox(Outbox):
     __slots__ = ()
 
     def flush(self) -> None:
+        if not _armed[0]:
+            super().flush()
+            return
         n, start = len(self._dirty), time.perf_counter()
         super().flush()
         if n > 1:  # stamp again next iteration, after any writes the loop deferred
+            _armed[0] = False
             self._loop.call_soon(_stamp, start, n)
 
 
@@ -53,6 +59,7 @@ def im_startup(server: Server) -> None:
 
     def stamped(payload: bytes, *, ack: bool = False) -> Queued:
         _queued_at[0] = time.perf_counter()
+        _armed[0] = True
         return broadcast(payload, ack=ack)
 
     server.broadcast = stamped  # type: ignore[method-assign]

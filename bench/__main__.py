@@ -58,6 +58,8 @@ METRICS = (  # key, label, format, higher is better
     ("uni_grpc_per_s", "unicast pushes/s, im gRPC PushUser (peers: HTTP)", "{:,.0f}", True),
     ("uni_grpc_p50_ms", "  push -> client p50 at the paced rate, ms", "{:,.2f}", False),
     ("uni_grpc_p99_ms", "  push -> client p99 at the paced rate, ms", "{:,.2f}", False),
+    ("uni_grpc_half_rate", "  half its own rate, pushes/s", "{:,.0f}", True),
+    ("uni_grpc_half_p99_ms", "  push -> client p99 at half its own rate, ms", "{:,.2f}", False),
     ("uni_http_per_s", "unicast pushes/s, HTTP push_user", "{:,.0f}", True),
     ("uni_http_p50_ms", "  push -> client p50 at the paced rate, ms", "{:,.2f}", False),
     ("uni_http_p99_ms", "  push -> client p99 at the paced rate, ms", "{:,.2f}", False),
@@ -106,6 +108,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def table(summary: dict[str, dict[str, Any]], servers: list[str], ns: list[int]) -> str:
+    servers = [s for s in servers if any(v["server"] == s for v in summary.values())]
     peers = [s for s in servers if s != "im"]
     head = ["N", "measure", *servers, *(f"im/{p}" for p in peers)]
     rows = [head]

@@ -1,8 +1,10 @@
 """``python -m bench SCENARIO``: run by hand, print a table, write JSON.
 
-python -m bench all                      # every scenario, im and peers, N = 2k and 10k
+python -m bench all                      # every scenario, im and peers
 python -m bench burst --n 10000 --runs 3
 python -m bench memory --servers im,aiohttp
+python -m bench unicast --modes grpc,http,grpc-stream,http-stream
+python -m bench ack
 python -m bench plot bench/results/all-*.json   # PNG for docs/
 """
 
@@ -19,9 +21,10 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from .acks import ack_session
+from .acks import ACK_SERVERS, ack_session
 from .scenarios import session
 from .servers import LOADGEN_CPU, ROOT, SPECS
+from .unicast import DEFAULT_MODES, RATE, USERS, unicast_session
 
 RESULTS = ROOT / "bench" / "results"
 SCENARIOS = {
@@ -29,9 +32,11 @@ SCENARIOS = {
     "latency": {"latency"},
     "memory": {"memory"},
     "connect": {"connect"},
-    "all": {"burst", "latency", "memory", "connect"},
+    "unicast": {"unicast"},
     "ack": {"ack"},
+    "all": {"burst", "latency", "memory", "connect", "unicast", "ack"},
 }
+BROADCAST_PHASES = {"burst", "latency", "memory", "connect"}
 METRICS = (  # key, label, format, higher is better
     ("deliveries_per_s", "burst deliveries/s", "{:,.0f}", True),
     ("latency_ms", "1 broadcast -> last client, ms", "{:,.1f}", False),
@@ -50,9 +55,27 @@ METRICS = (  # key, label, format, higher is better
     ("kb_per_conn", "KB / idle connection", "{:,.2f}", False),
     ("connect_per_s", "connections/s (validate hook)", "{:,.0f}", True),
     ("connect_per_cpu_s", "connections per server CPU-second", "{:,.0f}", True),
-    ("ack_p50_ms", "ack round trip p50, ms", "{:,.2f}", False),
+    ("uni_grpc_per_s", "unicast pushes/s, im gRPC PushUser (peers: HTTP)", "{:,.0f}", True),
+    ("uni_grpc_p50_ms", "  push -> client p50 at the paced rate, ms", "{:,.2f}", False),
+    ("uni_grpc_p99_ms", "  push -> client p99 at the paced rate, ms", "{:,.2f}", False),
+    ("uni_grpc_half_rate", "  half its own rate, pushes/s", "{:,.0f}", True),
+    ("uni_grpc_half_p99_ms", "  push -> client p99 at half its own rate, ms", "{:,.2f}", False),
+    ("uni_http_per_s", "unicast pushes/s, HTTP push_user", "{:,.0f}", True),
+    ("uni_http_p50_ms", "  push -> client p50 at the paced rate, ms", "{:,.2f}", False),
+    ("uni_http_p99_ms", "  push -> client p99 at the paced rate, ms", "{:,.2f}", False),
+    ("uni_grpc-stream_per_s", "unicast pushes/s, im gRPC PushStream", "{:,.0f}", True),
+    ("uni_grpc-stream_p99_ms", "  push -> client p99 at the paced rate, ms", "{:,.2f}", False),
+    ("uni_http-stream_per_s", "unicast pushes/s, im HTTP push_stream", "{:,.0f}", True),
+    ("uni_http-stream_p99_ms", "  push -> client p99 at the paced rate, ms", "{:,.2f}", False),
+    ("ack_p50_ms", "ack round trip p50 (backend -> client ack -> backend), ms", "{:,.2f}", False),
     ("ack_p99_ms", "ack round trip p99, ms", "{:,.2f}", False),
 )
+#: im's gRPC rows are compared with the peers' HTTP numbers (peers have no gRPC API)
+PEER_METRIC = {
+    "uni_grpc_per_s": "uni_http_per_s",
+    "uni_grpc_p50_ms": "uni_http_p50_ms",
+    "uni_grpc_p99_ms": "uni_http_p99_ms",
+}
 #: messages per burst; socket.io is ~100x slower, so fewer keep a run short
 BURST_M = {"im": 100, "aiohttp": 100, "socketio": 10}
 
@@ -75,7 +98,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out = {}
     for key, rs in groups.items():
         med: dict[str, Any] = {"server": rs[0]["server"], "n": rs[0]["n"], "runs": len(rs)}
-        for metric, *_ in METRICS:
+        metrics = {k for r in rs for k, v in r.items() if isinstance(v, int | float)}
+        for metric in sorted(metrics - {"n", "run"}):
             values = [r[metric] for r in rs if metric in r]
             if values:
                 med[metric] = statistics.median(values)
@@ -84,6 +108,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def table(summary: dict[str, dict[str, Any]], servers: list[str], ns: list[int]) -> str:
+    servers = [s for s in servers if any(v["server"] == s for v in summary.values())]
     peers = [s for s in servers if s != "im"]
     head = ["N", "measure", *servers, *(f"im/{p}" for p in peers)]
     rows = [head]
@@ -95,35 +120,55 @@ def table(summary: dict[str, dict[str, Any]], servers: list[str], ns: list[int])
             row = [f"{n:,}", label, *(fmt.format(c) if c is not None else "-" for c in cells)]
             im = summary.get(f"im@{n}", {}).get(metric)
             for p in peers:
-                other = summary.get(f"{p}@{n}", {}).get(metric)
+                other = summary.get(f"{p}@{n}", {}).get(PEER_METRIC.get(metric, metric))
                 row.append(f"{im / other:.2f}x" if im and other else "-")
             rows.append(row)
     return "\n".join("| " + " | ".join(r) + " |" for r in [rows[0], ["---"] * len(head), *rows[1:]])
 
 
-async def run(args: argparse.Namespace) -> int:
+def plan(args: argparse.Namespace) -> list[tuple[str, list[int], list[str]]]:
+    """(kind, client counts, servers) groups, in the order they run each round."""
     phases = SCENARIOS[args.scenario]
     servers = args.servers.split(",")
-    ns = [int(n) for n in args.n.split(",")]
-    runs: list[dict[str, Any]] = []
+    groups = []
+    if phases & BROADCAST_PHASES:
+        groups.append(("broadcast", [int(n) for n in args.n.split(",")], servers))
+    if "unicast" in phases:
+        groups.append(("unicast", [args.users], servers))
     if "ack" in phases:
-        servers, ns = ["im"], [1]
+        groups.append(("ack", [1], [s for s in servers if s in ACK_SERVERS]))
+    return groups
+
+
+async def one(args: argparse.Namespace, kind: str, name: str, n: int) -> dict[str, Any]:
+    spec = SPECS[name]
+    if kind == "unicast":
+        return await unicast_session(spec, n, tuple(args.modes.split(",")), rate=args.rate)
+    if kind == "ack":
+        return await ack_session(spec)
+    phases = SCENARIOS[args.scenario] & BROADCAST_PHASES
+    return await session(spec, n, args.m or BURST_M.get(name, 100), phases)
+
+
+async def run(args: argparse.Namespace) -> int:
+    groups = plan(args)
+    runs: list[dict[str, Any]] = []
     for i in range(args.runs):
-        for n in ns:
-            for name in servers:  # im and its peers interleaved: same conditions
-                m = args.m or BURST_M.get(name, 100)
-                t0 = time.monotonic()
-                try:
-                    if "ack" in phases:
-                        r = await ack_session()
-                    else:
-                        r = await session(SPECS[name], n, m, phases)
-                except Exception as exc:
-                    r = {"server": name, "n": n, "error": f"{type(exc).__name__}: {exc}"}
-                r["run"] = i
-                runs.append(r)
-                shown = {k: v for k, v in r.items() if k != "latency_samples_ms"}
-                print(f"run {i} {name} N={n} ({time.monotonic() - t0:.0f}s): {shown}", flush=True)
+        for kind, ns, servers in groups:
+            for n in ns:
+                for name in servers:  # im and its peers interleaved: same conditions
+                    t0 = time.monotonic()
+                    try:
+                        r = await one(args, kind, name, n)
+                    except Exception as exc:
+                        r = {"server": name, "n": n, "error": f"{type(exc).__name__}: {exc}"}
+                    r["run"] = i
+                    runs.append(r)
+                    shown = {k: v for k, v in r.items() if k != "latency_samples_ms"}
+                    took = time.monotonic() - t0
+                    print(f"run {i} {name} N={n} ({took:.0f}s): {shown}", flush=True)
+    servers = args.servers.split(",")
+    ns = list(dict.fromkeys(n for _, group_ns, _ in groups for n in group_ns))
     summary = summarize([r for r in runs if "error" not in r])
     text = table(summary, servers, ns)
     print(text)
@@ -134,6 +179,7 @@ async def run(args: argparse.Namespace) -> int:
         "versions": versions(),
         "cpus": {"server": 0, "loadgen": LOADGEN_CPU},
         "size": 64,
+        "unicast": {"users": args.users, "paced_rate": args.rate, "modes": args.modes},
     }
     out.write_text(json.dumps({"meta": meta, "runs": runs, "summary": summary}, indent=1))
     print(f"wrote {out.relative_to(ROOT)}")
@@ -148,6 +194,9 @@ def main() -> int:
     parser.add_argument("--n", default="2000,10000", help="client counts, comma separated")
     parser.add_argument("--m", type=int, default=0, help="messages per burst (default per server)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--users", type=int, default=USERS, help="unicast: connected users")
+    parser.add_argument("--modes", default=",".join(DEFAULT_MODES), help="unicast modes")
+    parser.add_argument("--rate", type=float, default=RATE, help="unicast: paced pushes/s")
     args = parser.parse_args()
     if args.scenario == "plot":
         from .plot import plot

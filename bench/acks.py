@@ -1,19 +1,30 @@
-"""Ack round trip: push with ack -> client acks -> ``im_acked`` hook.
+"""Ack round trip as a backend sees it, one push at a time to one connected client.
 
-One push at a time to one connected client (``im_client`` with ``auto_ack``), timed
-inside the server by ``bench.trigger_plugin`` from the push call to the hook. im
-only: the peers have no acks.
+im: ``POST /api/v1/push_user`` with ``ack: true`` -> the client (``im_client`` with
+``auto_ack``) acks -> the ``acked`` event arrives on ``GET /api/v1/ack_events``
+(server-sent events). python-socketio: ``POST /push_ack`` -> the peer's
+``sio.call(to=sid)`` (emit with a callback) -> the client's handler returns ->
+the HTTP reply. Both: backend request sent -> backend knows the client acked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import statistics
+import time
 from typing import Any
+
+import aiohttp
+import orjson
+import socketio
 
 from im_client import Client
 
-from .servers import HOST, IM, running
+from .servers import HOST, IM, SOCKETIO, Running, Spec, b64, payload, running
+from .unicast import HttpPool
+
+ACKER = "bench-acker"
+ACK_SERVERS = ("im", "socketio")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -21,22 +32,16 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def ack_session(k: int = 500) -> dict[str, Any]:
-    async with running(IM) as server:
-        acker = Client(f"http://{HOST}:{server.port}/conn", "bench-acker", auto_ack=True)
-        await acker.connect()
-        reader = asyncio.ensure_future(_drain(acker))
-        try:
-            await server.wait_count(1)
-            reply = await server.command(f"ackrtt {k} 64", "ackrtt")
-            if not reply.startswith("#ackrtt"):
-                raise RuntimeError(reply)
-            ms = [float(v) for v in reply.split()[1:]]
-        finally:
-            reader.cancel()
-            await acker.close()
+async def ack_session(spec: Spec, k: int = 500) -> dict[str, Any]:
+    async with running(spec) as server:
+        if spec is IM:
+            ms = await _im(server, k)
+        elif spec is SOCKETIO:
+            ms = await _socketio(server, k)
+        else:
+            raise ValueError(f"{spec.name} has no acks")
     return {
-        "server": "im",
+        "server": spec.name,
         "n": 1,
         "ack_p50_ms": statistics.median(ms),
         "ack_p99_ms": percentile(ms, 0.99),
@@ -44,6 +49,79 @@ async def ack_session(k: int = 500) -> dict[str, Any]:
     }
 
 
+def _body(i: int, **extra: Any) -> bytes:
+    return orjson.dumps({"user": ACKER, "data_b64": b64(payload(i, 64)), **extra})
+
+
+async def _im(server: Running, k: int) -> list[float]:
+    acker = Client(f"http://{HOST}:{server.port}/conn", ACKER, auto_ack=True)
+    await acker.connect()
+    drain = asyncio.ensure_future(_drain(acker))
+    acked: dict[int, float] = {}
+    event = asyncio.Event()
+    events = await server.session.get(server.base + "ack_events")
+    subscribed = asyncio.get_running_loop().create_future()
+    reader = asyncio.ensure_future(_read_events(events, acked, event, subscribed))
+    pool = HttpPool(server.base, 1)  # aiohttp's client pool adds ms-long stalls to p99
+    try:
+        await server.wait_count(1)
+        await asyncio.wait_for(subscribed, 10)
+        times = []
+        for i in range(k):
+            t0 = time.perf_counter()
+            sid = orjson.loads(await pool.post("push_user", _body(i, ack=True)))["sid"]
+            async with asyncio.timeout(5):
+                while sid not in acked:
+                    event.clear()
+                    await event.wait()
+            times.append((acked.pop(sid) - t0) * 1000)
+        return times
+    finally:
+        pool.close()
+        reader.cancel()
+        drain.cancel()
+        events.close()
+        await acker.close()
+
+
+async def _read_events(
+    response: aiohttp.ClientResponse,
+    acked: dict[int, float],
+    event: asyncio.Event,
+    subscribed: asyncio.Future[None],
+) -> None:
+    async for line in response.content:
+        if line.startswith(b": subscribed") and not subscribed.done():
+            subscribed.set_result(None)
+        elif line.startswith(b"data: "):
+            obj = orjson.loads(line[6:])
+            if obj["outcome"] == "acked":
+                acked[obj["sid"]] = time.perf_counter()
+                event.set()
+
+
 async def _drain(client: Client) -> None:
     while True:
         await client.receive()
+
+
+async def _socketio(server: Running, k: int) -> list[float]:
+    client = socketio.AsyncClient()
+
+    @client.on("m")
+    async def on_message(data: str) -> str:
+        return "ok"  # returning a value is socket.io's ack
+
+    await client.connect(f"http://{HOST}:{server.port}?user={ACKER}", transports=["websocket"])
+    pool = HttpPool(server.base, 1)
+    try:
+        await server.wait_count(1)
+        times = []
+        for i in range(k):
+            t0 = time.perf_counter()
+            await pool.post("push_ack", _body(i))
+            times.append((time.perf_counter() - t0) * 1000)
+        return times
+    finally:
+        pool.close()
+        await client.disconnect()

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from .loadgen import Pool
-from .servers import HOST, IM, Running, Spec, running, trigger_burst
+from .servers import HOST, IM, Running, Spec, burst_request, running
 
 LATENCY_SAMPLES = 5
 CONNECT_CONCURRENCY = 64
@@ -31,9 +31,10 @@ class CheckFailed(Exception):
 async def _broadcast(server: Running, pool: Pool, m: int, frame_bytes: int) -> float:
     """Trigger ``m`` broadcasts; return seconds from trigger to last byte at the last client."""
     expect = m * frame_bytes if frame_bytes else 1
+    route, body = burst_request(m, SIZE)
     done = pool.arm(expect)
     t0 = time.perf_counter()
-    await trigger_burst(server, m, SIZE)
+    await server.post(route, body)
     timeout = max(30.0, len(pool.clients) * m / 2000)
     try:
         t1 = await asyncio.wait_for(done, timeout)
@@ -92,9 +93,9 @@ async def session(spec: Spec, n: int, m: int, phases: set[str]) -> dict[str, Any
                     if counts != {frame_bytes: n}:
                         raise CheckFailed(f"{spec.name}: latency broadcast got {counts}")
                     if spec is IM:  # where the time went: the server's part of it
-                        reply = (await server.command("flushstat", "flush")).split()
-                        flushes.append(float(reply[1]))
-                        fanouts.append(float(reply[2]))
+                        written, fanout = server.probe_reading()
+                        flushes.append(written)
+                        fanouts.append(fanout)
                 if flushes:
                     result["server_flush_ms"] = statistics.median(flushes)
                     result["server_fanout_ms"] = statistics.median(fanouts)

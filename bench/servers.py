@@ -1,13 +1,19 @@
 """The servers under test: how to start each, reach its clients, and trigger it.
 
-Every server runs in its own process pinned to ``SERVER_CPU``. ``Control`` is the
-one way the harness drives a server; ``trigger_burst`` is the one function to swap
-when im's HTTP/gRPC push API replaces the bench trigger plugin.
+Every server runs in its own process pinned to ``SERVER_CPU``. The harness drives
+each one over HTTP the way a backend would: im through its push API (``/api/v1``),
+each peer through the same routes without the prefix (``bench/peers``):
+
+    GET  stats        -> {"connections": N}
+    POST broadcast    {"data_b64"}                    one message to every client
+    POST push_stream  NDJSON {"all": true, "data_b64"}  M broadcasts in one request
+    POST push_user    {"user", "data_b64"}            one message to one user
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import shutil
@@ -15,12 +21,14 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import orjson
 
 from .loadgen import client_frame
 
@@ -33,12 +41,13 @@ HOST = "127.0.0.1"
 @dataclass(frozen=True)
 class Spec:
     name: str
-    argv: Callable[[int], list[str]]
+    #: command line for (HTTP port, gRPC port)
+    argv: Callable[[int, int], list[str]]
+    #: the WebSocket path of client ``i`` (its user id is ``u{i}``)
     client_path: Callable[[int], str]
-    control_path: str
+    #: prefix of the push routes (stats, broadcast, push_stream, push_user)
+    api: str = ""
     hello: bytes = b""
-    #: connections the server counts besides the N clients (im counts its control client)
-    extra: int = 0
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -48,26 +57,23 @@ def _py(*args: str) -> list[str]:
 
 IM = Spec(
     name="im",
-    argv=lambda port: _py(
-        *("-m", "im_core.cli", "--host", HOST, "--http-port", str(port), "--rpc-port", "0"),
-        *("--heartbeat-interval", "3600", "--plugin", "bench.trigger_plugin"),
-        *("--log-level", "WARNING"),
+    argv=lambda port, rpc: _py(
+        *("-m", "im_core.cli", "--host", HOST, "--http-port", str(port)),
+        *("--rpc-port", str(rpc), "--heartbeat-interval", "3600", "--log-level", "WARNING"),
+        *("--plugin", "bench.probe_plugin"),
     ),
     client_path=lambda i: f"/conn?token=u{i}",
-    control_path="/conn?token=bench-control",
-    extra=1,
+    api="/api/v1",
 )
 AIOHTTP = Spec(
     name="aiohttp",
-    argv=lambda port: _py("-m", "bench.peers.aiohttp_peer", str(port)),
-    client_path=lambda i: "/ws",
-    control_path="/control",
+    argv=lambda port, rpc: _py("-m", "bench.peers.aiohttp_peer", str(port)),
+    client_path=lambda i: f"/ws?user=u{i}",
 )
 SOCKETIO = Spec(
     name="socketio",
-    argv=lambda port: _py("-m", "bench.peers.socketio_peer", str(port)),
-    client_path=lambda i: "/socket.io/?EIO=4&transport=websocket",
-    control_path="/control",
+    argv=lambda port, rpc: _py("-m", "bench.peers.socketio_peer", str(port)),
+    client_path=lambda i: f"/socket.io/?EIO=4&transport=websocket&user=u{i}",
     hello=client_frame(0x1, b"40"),
 )
 SPECS = {s.name: s for s in (IM, AIOHTTP, SOCKETIO)}
@@ -94,13 +100,38 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class Running:
-    """A started server process and its control channel."""
+def payload(i: int, size: int) -> bytes:
+    """``size`` ASCII bytes, distinct per message, same length for every ``i``."""
+    return f"{i:08d}".encode().ljust(size, b"x")[:size]
 
-    def __init__(self, spec: Spec, port: int, proc: subprocess.Popen[bytes]) -> None:
-        self.spec, self.port, self.proc = spec, port, proc
-        self.session: aiohttp.ClientSession | None = None
-        self.ws: aiohttp.ClientWebSocketResponse | None = None
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def burst_request(m: int, size: int) -> tuple[str, bytes]:
+    """(route, body) a backend sends to broadcast ``m`` messages of ``size`` bytes:
+    one ``broadcast`` call for one message, one NDJSON ``push_stream`` for a burst."""
+    if m == 1:
+        return "broadcast", orjson.dumps({"data_b64": b64(payload(0, size))})
+    lines = (orjson.dumps({"all": True, "data_b64": b64(payload(i, size))}) for i in range(m))
+    return "push_stream", b"\n".join(lines) + b"\n"
+
+
+class Running:
+    """A started server process and the HTTP session the harness drives it with."""
+
+    def __init__(self, spec: Spec, port: int, rpc_port: int, proc: subprocess.Popen[bytes]) -> None:
+        self.spec, self.port, self.rpc_port, self.proc = spec, port, rpc_port, proc
+        self.base = f"http://{HOST}:{port}{spec.api}/"
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600))
+        self.probe: Path | None = None
+
+    def probe_reading(self) -> tuple[float, float]:
+        """im's last broadcast: ms to all socket writes done, ms to fan-out (probe)."""
+        assert self.probe is not None
+        written, fanout, _ = self.probe.read_text().split()
+        return float(written), float(fanout)
 
     @property
     def pid(self) -> int:
@@ -112,25 +143,16 @@ class Running:
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.proc.pid)
 
-    async def connect_control(self) -> None:
-        self.session = aiohttp.ClientSession()
-        url = f"http://{HOST}:{self.port}{self.spec.control_path}"
-        self.ws = await self.session.ws_connect(url, autoping=True, max_msg_size=0)
-
-    async def command(self, text: str, reply: str, timeout: float = 60.0) -> str:
-        """Send a control command; return the first reply starting with ``#reply``
-        (pushes and replies to earlier commands are skipped)."""
-        assert self.ws is not None
-        await self.ws.send_str(text)
-        async with asyncio.timeout(timeout):
-            async for msg in self.ws:
-                data = msg.data if isinstance(msg.data, str) else msg.data.decode()
-                if data.startswith(("#" + reply, "#error")):
-                    return data
-        raise RuntimeError(f"{self.spec.name}: control closed")
+    async def post(self, route: str, body: bytes) -> dict:
+        async with self.session.post(self.base + route, data=body) as r:
+            reply = await r.read()
+            if r.status != 200:
+                raise RuntimeError(f"{self.spec.name} {route}: {r.status} {reply[:200]!r}")
+            return orjson.loads(reply)
 
     async def count(self) -> int:
-        return int((await self.command("count", "count")).split()[1]) - self.spec.extra
+        async with self.session.get(self.base + "stats") as r:
+            return int((await r.json())["connections"])
 
     async def wait_count(self, n: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -140,24 +162,18 @@ class Running:
             await asyncio.sleep(0.1)
 
 
-async def trigger_burst(server: Running, m: int, size: int) -> None:
-    """Make ``server`` broadcast ``m`` messages of ``size`` bytes to every client.
-
-    im: through ``bench.trigger_plugin`` (the HTTP/gRPC broadcast API is pending).
-    """
-    assert server.ws is not None
-    await server.ws.send_str(f"burst {m} {size}")
-
-
 @contextlib.asynccontextmanager
 async def running(spec: Spec, cpu: int = SERVER_CPU) -> AsyncIterator[Running]:
-    port = free_port()
+    port, rpc_port = free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), **spec.env}
+    probe = Path(tempfile.gettempdir()) / f"im-bench-probe-{port}"
+    env["BENCH_PROBE_FILE"] = str(probe)
     proc = subprocess.Popen(  # noqa: ASYNC220 - started once per session, before timing
-        ["taskset", "-c", str(cpu), *spec.argv(port)], cwd=ROOT, env=env
+        ["taskset", "-c", str(cpu), *spec.argv(port, rpc_port)], cwd=ROOT, env=env
     )
     spy: subprocess.Popen[bytes] | None = None
-    server = Running(spec, port, proc)
+    server = Running(spec, port, rpc_port, proc)
+    server.probe = probe
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -171,7 +187,7 @@ async def running(spec: Spec, cpu: int = SERVER_CPU) -> AsyncIterator[Running]:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{spec.name} did not start") from None
                 await asyncio.sleep(0.1)
-        await server.connect_control()
+        await server.count()  # the HTTP side is up too
         profile = os.environ.get("BENCH_PROFILE")  # collapsed stacks of the server
         if profile:
             exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -183,8 +199,8 @@ async def running(spec: Spec, cpu: int = SERVER_CPU) -> AsyncIterator[Running]:
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
             spy.wait(30)
-        if server.session is not None:
-            await server.session.close()
+        await server.session.close()
+        probe.unlink(missing_ok=True)
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:

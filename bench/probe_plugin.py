@@ -1,0 +1,65 @@
+"""Bench-only im plugin: where one broadcast's server time goes.
+
+Loaded by the harness (``im-run --plugin bench.probe_plugin``) with
+``BENCH_PROBE_FILE`` set. It triggers nothing (the harness pushes through the
+real API); it only times, for the last broadcast, in ms from the ``broadcast``
+call: F = the outbox flush began (a frame queued on every connection) and W = its
+socket writes done, plus C = connections written. After each such flush it
+overwrites the file with one line ``W F C``. Only flushes after a ``broadcast``
+call are timed: unicast flushes (one socket each) must not pay for the file write.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+from im_core import hookimpl
+from im_core.connection import Outbox
+
+if TYPE_CHECKING:
+    from im_core.server import Queued, Server
+
+_queued_at = [0.0]
+_fd = [-1]
+_armed = [False]  # a broadcast was called: time the next flush of several sockets
+
+
+class _TimedOutbox(Outbox):
+    """The server's outbox, timing each flush (swapped in at startup, bench only)."""
+
+    __slots__ = ()
+
+    def flush(self) -> None:
+        if not _armed[0]:
+            super().flush()
+            return
+        n, start = len(self._dirty), time.perf_counter()
+        super().flush()
+        if n > 1:  # stamp again next iteration, after any writes the loop deferred
+            _armed[0] = False
+            self._loop.call_soon(_stamp, start, n)
+
+
+def _stamp(start: float, n: int) -> None:
+    fanout = (start - _queued_at[0]) * 1000
+    written = (time.perf_counter() - _queued_at[0]) * 1000
+    os.pwrite(_fd[0], f"{written:.3f} {fanout:.3f} {n}\n".ljust(48).encode(), 0)
+
+
+@hookimpl
+def im_startup(server: Server) -> None:
+    path = os.environ.get("BENCH_PROBE_FILE")
+    if not path:
+        return
+    _fd[0] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    server.outbox.__class__ = _TimedOutbox
+    broadcast = server.broadcast
+
+    def stamped(payload: bytes, *, ack: bool = False) -> Queued:
+        _queued_at[0] = time.perf_counter()
+        _armed[0] = True
+        return broadcast(payload, ack=ack)
+
+    server.broadcast = stamped  # type: ignore[method-assign]

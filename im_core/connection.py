@@ -9,7 +9,7 @@ The transport plugin that accepted the socket reads it and calls ``server.on_fra
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import CloseCode
@@ -24,6 +24,12 @@ class Writer(Protocol):
 
     def write(self, data: bytes) -> None: ...
     def get_write_buffer_size(self) -> int: ...
+
+
+#: Closes the transport with a close code and reason. It may return an awaitable
+#: that completes once every message the client sent before the close was handed
+#: to ``Server.on_frame`` (the disconnect hook waits for it), or None.
+Closer = Callable[[int, str], "Awaitable[Any] | None"]
 
 
 class Format:
@@ -77,9 +83,9 @@ class Connection:
         meta: dict[str, Any],
         fmt: Format,
         transport: Writer,
-        closer: Callable[[int, str], None],
+        closer: Closer,
         outbox: Outbox,
-        on_close: Callable[[Connection, int, str], None],
+        on_close: Callable[[Connection, int, str, Awaitable[Any] | None], None],
         now: float,
         limit_frames: int,
         limit_bytes: int,
@@ -149,6 +155,19 @@ class Connection:
         if transport.get_write_buffer_size():
             self._stuck += len(pending)
 
+    def reply(self, data: bytes, *, binary: bool | None = None) -> bool:
+        """Send ``data`` to this client alone as a push without ack (sid 0), in a
+        binary (``binary=True``) or text frame (``False``; ``None``: the
+        connection's own kind). Answers in the kind a message came in:
+        ``conn.reply(data, binary=binary)`` from ``im_receive``. False if it will
+        not be delivered (closed, or closed now as a slow consumer)."""
+        fmt = self.fmt
+        if binary is None:
+            binary = fmt.binary
+        elif not binary and not fmt.codec.text_safe:
+            raise ValueError(f"codec {fmt.codec.name!r} needs binary frames")
+        return self.send(frame(OP_BINARY if binary else OP_TEXT, fmt.codec.encode_push(0, data)))
+
     def write_now(self, frame: bytes) -> None:
         """Write a control frame (ping) straight away, bypassing the queue."""
         if not self.closed:
@@ -166,10 +185,11 @@ class Connection:
         self.close_code = int(code)
         self.close_reason = reason
         self._pending = []
+        received = None
         try:
-            self._closer(int(code), reason)
+            received = self._closer(int(code), reason)
         finally:
-            self._on_close(self, int(code), reason)
+            self._on_close(self, int(code), reason, received)
 
 
 class Outbox:

@@ -14,10 +14,13 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001  # server shutting down: reconnect, possibly to another node
-    MESSAGE_TOO_BIG = 1009  # client frame over max_frame_size
+    PROTOCOL_ERROR = 1002  # a frame that breaks RFC 6455
+    INVALID_DATA = 1007  # a text message (or close reason) that is not UTF-8
+    MESSAGE_TOO_BIG = 1009  # client message over max_frame_size or max_fragments
     INTERNAL_ERROR = 1011
     HEARTBEAT_TIMEOUT = 4000  # silent for more than 2 x heartbeat interval: reconnect
-    SLOW_CONSUMER = 4001  # send backlog over its bound: reconnect
+    SLOW_CONSUMER = 4001  # send backlog over its bound: reconnect (seen as a reset)
+    TOO_MANY_FRAMES = 4002  # over max_inbound_rate: reconnect after a backoff
     BAD_FRAME = 4500  # client frame the codec cannot read: fix the client
     REPLACED = 4501  # the same user logged in again elsewhere: do not fight it
     KICKED = 4502  # removed by a backend

@@ -30,9 +30,12 @@ def frame(opcode: int, payload: bytes) -> bytes:
 
 
 def close_frame(code: int, reason: str = "") -> bytes:
-    # Control frames carry at most 125 bytes: 2 for the code, the rest reason.
-    body = struct.pack("!H", code) + reason.encode()[:123]
-    return frame(OP_CLOSE, body)
+    # Control frames carry at most 125 bytes: 2 for the code, the rest reason, cut
+    # on a character boundary (a cut character would make the reason invalid UTF-8).
+    text = reason.encode()
+    if len(text) > 123:
+        text = text[:123].decode("utf-8", "ignore").encode()
+    return frame(OP_CLOSE, struct.pack("!H", code) + text)
 
 
 PING = frame(OP_PING, b"")

@@ -123,12 +123,17 @@ def im_disconnected(server: Server, conn: Connection, code: int, reason: str) ->
 
 
 @hookspec
-def im_receive(server: Server, conn: Connection, data: bytes) -> None:
+def im_receive(server: Server, conn: Connection, data: bytes, binary: bool) -> None:
     """Business data from a client: exactly the bytes it sent (for the protobuf
     codec, the ``data`` field of its ``ClientFrame``). Acks never arrive here.
+    ``binary`` tells whether it came in a binary (True) or a text frame (False).
+    ``conn.reply(data, binary=binary)`` answers on the same connection in the same
+    kind of frame.
 
     Awaited in the connection's read loop, so a slow handler slows only its own
-    connection's reads.
+    connection's reads. Every message that arrived before the connection closed is
+    handed over, in order, before ``im_disconnected`` runs for it (``conn.closed``
+    may already be true then: replies to a closed connection are dropped).
     """
 
 

@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -281,25 +281,43 @@ class Server:
             conn.user_id, self.node_id, conn.conn_id, tuple(sorted(conn.tags)), conn.connected_at
         )
 
-    def _detach(self, conn: Connection, code: int, reason: str) -> None:
-        """Every closed connection passes here once (``Connection.close``)."""
+    def _detach(
+        self, conn: Connection, code: int, reason: str, received: Awaitable[Any] | None
+    ) -> None:
+        """Every closed connection passes here once (``Connection.close``).
+
+        ``received`` (from the transport's closer) completes once every message the
+        client sent before the close went to ``im_receive``; the disconnect hook
+        waits for it.
+        """
         if self.buckets.remove(conn) and self.broker is not None:
             self.spawn(self.broker.disconnected(self._presence(conn)))
         self.tags.leave_all(conn)
-        self.spawn(self.hooks.disconnected(self, conn, code, reason))
+        self.spawn(self._disconnected(conn, code, reason, received))
 
-    async def on_frame(self, conn: Connection, data: bytes) -> None:
-        """A data frame from a client (the transport already refreshed liveness)."""
+    async def _disconnected(
+        self, conn: Connection, code: int, reason: str, received: Awaitable[Any] | None
+    ) -> None:
+        if received is not None:
+            await received
+        await self.hooks.disconnected(self, conn, code, reason)
+
+    async def on_frame(self, conn: Connection, data: bytes, binary: bool = False) -> None:
+        """A data message from a client (the transport already refreshed liveness).
+
+        Transports call it in arrival order, also for messages that arrived before
+        the connection closed (``im_disconnected`` waits for them).
+        """
         try:
             frame = conn.fmt.codec.decode_client(data)
         except BadFrame as exc:
-            conn.close(CloseCode.BAD_FRAME, f"bad frame: {exc}"[:120])
+            conn.close(CloseCode.BAD_FRAME, f"bad frame: {exc}")
             return
         for sid in frame.acks:
             self.acks.ack(conn.user_id, sid)
         if frame.data is not None and self.hooks.has_receive:
             try:
-                await self.hooks.receive(self, conn, frame.data)
+                await self.hooks.receive(self, conn, frame.data, binary)
             except Exception:
                 # One failing message must not cost the user the connection.
                 log.exception("im_receive failed for %s", conn.user_id)

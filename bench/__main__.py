@@ -5,6 +5,7 @@ python -m bench burst --n 10000 --runs 3
 python -m bench memory --servers im,aiohttp
 python -m bench unicast --modes grpc,http,grpc-stream,http-stream
 python -m bench ack
+python -m bench abuse --server-args "--idle-timeout 5 --header-timeout 5"
 python -m bench plot bench/results/all-*.json   # PNG for docs/
 """
 
@@ -21,6 +22,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from . import abuse
 from .acks import ACK_SERVERS, ack_session
 from .scenarios import session
 from .servers import LOADGEN_CPU, ROOT, SPECS
@@ -188,7 +190,7 @@ async def run(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("scenario", choices=[*SCENARIOS, "plot"])
+    parser.add_argument("scenario", choices=[*SCENARIOS, "abuse", "plot"])
     parser.add_argument("files", nargs="*", help="plot: result JSON files")
     parser.add_argument("--servers", default="im,aiohttp,socketio")
     parser.add_argument("--n", default="2000,10000", help="client counts, comma separated")
@@ -197,12 +199,15 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=USERS, help="unicast: connected users")
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES), help="unicast modes")
     parser.add_argument("--rate", type=float, default=RATE, help="unicast: paced pushes/s")
+    abuse.add_arguments(parser)
     args = parser.parse_args()
     if args.scenario == "plot":
         from .plot import plot
 
         return plot([Path(f) for f in args.files])
     os.sched_setaffinity(0, {LOADGEN_CPU})
+    if args.scenario == "abuse":
+        return abuse.main(args, RESULTS, versions())
     import uvloop
 
     return uvloop.run(run(args))

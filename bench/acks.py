@@ -16,7 +16,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-import socketio
 
 from im_client import Client
 
@@ -106,6 +105,9 @@ async def _drain(client: Client) -> None:
 
 
 async def _socketio(server: Running, k: int) -> list[float]:
+    # Imported here: scenarios without the socket.io peer run without the bench extra.
+    import socketio
+
     client = socketio.AsyncClient()
 
     @client.on("m")

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,13 +165,16 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def running(spec: Spec, cpu: int = SERVER_CPU) -> AsyncIterator[Running]:
+async def running(
+    spec: Spec, cpu: int = SERVER_CPU, extra_args: Sequence[str] = ()
+) -> AsyncIterator[Running]:
+    """Start ``spec`` (its command line plus ``extra_args``), yield it, stop it."""
     port, rpc_port = free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), **spec.env}
     probe = Path(tempfile.gettempdir()) / f"im-bench-probe-{port}"
     env["BENCH_PROBE_FILE"] = str(probe)
     proc = subprocess.Popen(  # noqa: ASYNC220 - started once per session, before timing
-        ["taskset", "-c", str(cpu), *spec.argv(port, rpc_port)], cwd=ROOT, env=env
+        ["taskset", "-c", str(cpu), *spec.argv(port, rpc_port), *extra_args], cwd=ROOT, env=env
     )
     spy: subprocess.Popen[bytes] | None = None
     server = Running(spec, port, rpc_port, proc)

@@ -131,6 +131,20 @@ async def paced(n: int, rate: float | None, concurrency: int, push: Send) -> Non
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
+async def http_post(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str, body: bytes
+) -> tuple[int, bytes]:
+    """One JSON POST on a keep-alive connection: (status, reply body)."""
+    writer.write(
+        b"POST %s HTTP/1.1\r\nHost: im\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    return status, await reader.readexactly(length)
+
+
 class HttpPool:
     """A lean HTTP/1.1 client: SIZE keep-alive connections, one request on each at a
     time. aiohttp's client costs the load generator more CPU than the server spends
@@ -148,14 +162,7 @@ class HttpPool:
             for _ in range(self.size):
                 self.free.put_nowait(await asyncio.open_connection(self.host, self.port))
         reader, writer = await self.free.get()
-        writer.write(
-            b"POST %s HTTP/1.1\r\nHost: im\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % ((self.path + route).encode(), len(body), body)
-        )
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-        reply = await reader.readexactly(length)
+        status, reply = await http_post(reader, writer, self.path + route, body)
         self.free.put_nowait((reader, writer))
         if status != 200:
             raise RuntimeError(f"{route}: {status} {reply[:200]!r}")

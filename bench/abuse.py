@@ -151,6 +151,7 @@ class Rig:
         self.pusher = Pusher(server, args.push_rate)
         self.bystander: Bystander | None = None
         self.runner: asyncio.Task[None] | None = None
+        self.start_rss_mb = 0.0
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -162,6 +163,8 @@ class Rig:
             raise RuntimeError(f"bystander not upgraded: {self.bystander.outcome}")
         await self.server.wait_count(1)
         self.runner = asyncio.ensure_future(self.pusher.run(self.stop, self.args.max_seconds))
+        await asyncio.sleep(1.0)  # let the server settle before a baseline
+        self.start_rss_mb = round(self.server.rss_kb() / 1024, 1)
 
     async def recover(self, since: float, cap: float) -> float | None:
         """Seconds from ``since`` until a push sent after it arrived; None past ``cap``."""
@@ -175,6 +178,7 @@ class Rig:
 
     async def close(self) -> dict[str, dict[str, Any]]:
         """Stop pushing; per phase: pushes due, delivered, missed, p50/p99 and failures."""
+        self.pusher.phase = "tail"
         await asyncio.sleep(PUSH_TIMEOUT)  # the last pushes' way to the bystander
         self.stop.set()
         if self.runner is not None:
@@ -297,7 +301,6 @@ async def abuse_session(args: argparse.Namespace) -> dict[str, Any]:
         server = await stack.enter_async_context(running(IM, extra_args=extra))
         rig = Rig(server, args)
         await rig.start()
-        await asyncio.sleep(1.0)  # let the server settle before the baseline
         phases["quiet"] = await quiet(rig, "quiet", args.quiet)
         for kind in attacks:
             phases[kind] = await attack(rig, kind, args)
@@ -316,8 +319,11 @@ async def abuse_session(args: argparse.Namespace) -> dict[str, Any]:
         phases["after"] = await quiet(rig, "after", args.after)
         for phase, stats in (await rig.close()).items():
             phases.setdefault(phase, {}).update(stats)
-    for label in ("warmup", "settle"):  # pushes between phases: not counted in any
+    for label in ("warmup", "settle", "tail"):  # pushes between phases: not counted
         phases.pop(label, None)
+    # RSS after is judged against the same server's quiet RSS, or if a stall had it
+    # restarted, against the restarted server's RSS once it had started.
+    phases["after"]["baseline_rss_mb"] = rig.start_rss_mb if restarts else phases["quiet"]["rss_mb"]
     return {"phases": phases, "restarts": restarts}
 
 
@@ -333,9 +339,9 @@ def judge(phases: dict[str, dict[str, Any]], attacks: list[str]) -> dict[str, An
             out[f"{kind}_p99"] = bool(
                 ratio is not None and ratio <= P99_RATIO_MAX and p.get("missed") == 0
             )
-    quiet_rss, after_rss = phases["quiet"].get("rss_mb"), phases.get("after", {}).get("rss_mb")
-    if quiet_rss and after_rss:
-        out["rss_after"] = after_rss <= quiet_rss * RSS_AFTER_MAX
+    after = phases.get("after", {})
+    if after.get("baseline_rss_mb") and after.get("rss_mb"):
+        out["rss_after"] = after["rss_mb"] <= after["baseline_rss_mb"] * RSS_AFTER_MAX
     return out
 
 
@@ -425,6 +431,9 @@ def main(args: argparse.Namespace, results: Path, versions: dict[str, str]) -> i
         "targets:",
         ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in result["targets"].items()),
     )
+    after = phases["after"]
+    where = f" (a fresh server: restarted {result['restarts']}x)" if result["restarts"] else ""
+    print(f"RSS after {after['rss_mb']} MB vs {after['baseline_rss_mb']} MB baseline{where}")
     took = time.monotonic() - t0
     print(f"took {took:.0f} s")
     meta = {

@@ -227,8 +227,8 @@ class WsProtocol(asyncio.Protocol):
             if not b1 & 0x80:
                 raise _Fail(CloseCode.PROTOCOL_ERROR, "client frame not masked")
             if opcode >= 0x8:
-                if not b0 & 0x80 or length > 125:
-                    raise _Fail(CloseCode.PROTOCOL_ERROR, "bad control frame")
+                if not b0 & 0x80 or length > 125:  # a broken close is still the last word
+                    raise _Fail(CloseCode.PROTOCOL_ERROR, "bad control frame", opcode == OP_CLOSE)
             elif length + (self._frag_size if opcode == OP_CONTINUATION else 0) > (
                 opts.max_frame_size
             ):

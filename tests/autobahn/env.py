@@ -37,18 +37,24 @@ class EnvError(RuntimeError):
     """No Python 2.7, or the install failed."""
 
 
-def _is_py27(python: str) -> bool:
+def _real_py27(python: str) -> str | None:
+    """The interpreter behind ``python`` if it is a 2.7 (a pyenv shim resolves to
+    the build it runs), else None."""
+    probe = (
+        "import sys; print('%d.%d %s' % (sys.version_info[0], sys.version_info[1], sys.executable))"
+    )
     try:
         out = subprocess.run(
-            [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            [python, "-c", probe],
             capture_output=True,
             text=True,
             timeout=30,
             env={**os.environ, "PYENV_VERSION": os.environ.get("PYENV_VERSION", "2.7.18")},
         )
     except (OSError, subprocess.TimeoutExpired):
-        return False
-    return out.returncode == 0 and out.stdout.strip() == "2.7"
+        return None
+    version, _, executable = out.stdout.strip().partition(" ")
+    return executable if out.returncode == 0 and version == "2.7" and executable else None
 
 
 def _pyenv_roots() -> list[str]:
@@ -69,8 +75,8 @@ def find_python27() -> str:
         candidates += sorted(glob.glob(f"{root}/versions/2.7*/bin/python2.7"), reverse=True)
     candidates.append(shutil.which("python2.7") or "")
     for python in filter(None, candidates):
-        if _is_py27(python):
-            return python
+        if real := _real_py27(python):
+            return real
     raise EnvError(f"no Python 2.7 found (set {PYTHON_ENV}, or install 2.7 with pyenv)")
 
 
@@ -93,10 +99,12 @@ def ensure_env(target: pathlib.Path = DEFAULT_DIR, *, quiet: bool = True) -> lis
         cmd = [python, "-m", "pip", "install", "--no-deps", "--no-warn-script-location"]
         cmd += ["--target", str(tmp), "-r", str(REQUIREMENTS)]
         env = {**os.environ, "PIP_NO_PYTHON_VERSION_WARNING": "1"}
-        if quiet:
-            cmd.append("-q")
-        if subprocess.run(cmd, env=env, check=False).returncode:
-            raise EnvError(f"pip install -r {REQUIREMENTS.name} failed")
+        # Python 2.7's pip warns a lot (its end of life, index settings meant for
+        # newer pips): show its output only when it fails, unless asked.
+        print(f"installing Autobahn|Testsuite for Python 2.7 into {target}", flush=True)
+        pip = subprocess.run(cmd, env=env, capture_output=quiet, text=True, check=False)
+        if pip.returncode:
+            raise EnvError(f"pip install -r {REQUIREMENTS.name} failed:\n{pip.stdout}{pip.stderr}")
         check = [python, "-s", "-c", _LAUNCH.replace("run()", "pass"), str(tmp)]
         out = subprocess.run(check, capture_output=True, text=True, check=False)
         if out.returncode:

@@ -204,7 +204,13 @@ class Server:
         """Run the validate hook; raise ``Rejected`` unless it returns an Identity."""
         result = await self.hooks.validate(self, request)
         if isinstance(result, Identity):
-            return result
+            opts = self.options
+            if len(result.user_id) > opts.max_user_id_length:
+                result = Reject(f"user id longer than {opts.max_user_id_length} characters", 400)
+            elif len(result.tags) > opts.max_tags:
+                result = Reject(f"more than {opts.max_tags} tags", 400)
+            else:
+                return result
         if not isinstance(result, Reject):
             result = Reject("no validate plugin accepted the credentials", 401)
         await self.hooks.validate_failed(self, request, result)

@@ -466,8 +466,11 @@ class Server:
     async def retag(
         self, user_id: str, add: Iterable[str] = (), remove: Iterable[str] = ()
     ) -> bool:
+        add, remove = tuple(dict.fromkeys(add)), tuple(dict.fromkeys(remove))
+        if len(add) > self.options.max_tags:
+            raise InvalidArgument(f"add: more than {self.options.max_tags} tags (max_tags)")
         assert self.broker is not None
-        return await self.broker.retag(user_id, tuple(add), tuple(remove))
+        return await self.broker.retag(user_id, add, remove)
 
     # --- LocalNode: what the broker calls -------------------------------------------
 
@@ -530,6 +533,10 @@ class Server:
         conn = self.buckets.get(user_id)
         if conn is None:
             return False
+        if len((conn.tags - set(remove)) | set(add)) > self.options.max_tags:
+            raise InvalidArgument(
+                f"retag: {user_id!r} would have more than {self.options.max_tags} tags (max_tags)"
+            )
         self.tags.remove(conn, remove)
         self.tags.add(conn, add, time.time())
         return True

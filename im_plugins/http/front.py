@@ -286,4 +286,3 @@ class FrontSite(web.TCPSite):
             reuse_address=self._reuse_address,
             reuse_port=self._reuse_port,
         )
-

@@ -135,15 +135,17 @@ class FrontProtocol(asyncio.Protocol):
             return  # refused: drain and drop
         buf = self._buf
         opts = self._edge.options
-        if not buf and self._timer is not None:  # the first bytes: the head's clock starts
-            self._timer.cancel()
-            self._timer = self._edge.server.loop.call_later(opts.header_timeout, self._timed_out)
+        first = not buf
         start = max(0, len(buf) - 3)
         buf += data
         end = buf.find(_HEAD_END, start)
         if end < 0:
             if len(buf) > opts.max_header_size:
                 self._refuse(BadRequest(431, "request head too large"), self._ip)
+            elif first and self._timer is not None:  # a partial head: its own clock starts
+                self._timer.cancel()
+                loop = self._edge.server.loop
+                self._timer = loop.call_later(opts.header_timeout, self._timed_out)
             return
         if end + 4 > opts.max_header_size:
             self._refuse(BadRequest(431, "request head too large"), self._ip)

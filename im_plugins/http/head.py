@@ -22,6 +22,8 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 # Field values: visible ASCII, space, tab and obs-text; no other control byte.
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _TARGET = re.compile(rb"[\x21-\x7e]+\Z")
+# Every field line at once: a token, a colon, a value without control bytes, CRLF.
+_FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
 VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
 WS_VERSION = "13"
 
@@ -56,23 +58,25 @@ class Head:
 
 def parse_head(raw: bytes, max_headers: int) -> Head:
     """Parse ``raw`` (a head without its final CRLF CRLF); raise ``BadRequest``."""
-    lines = raw.split(b"\r\n")
-    parts = lines[0].split(b" ")
+    request_line, sep, fields = raw.partition(b"\r\n")
+    parts = request_line.split(b" ")
     if len(parts) != 3 or not _TOKEN.match(parts[0]) or not _TARGET.match(parts[1]):
         raise BadRequest(400, "malformed request line")
     method, target, version = parts
     if version not in VERSIONS:
         raise BadRequest(505 if version.startswith(b"HTTP/") else 400, "unsupported HTTP version")
-    if len(lines) - 1 > max_headers:
-        raise BadRequest(431, f"too many header fields (at most {max_headers})")
     headers: CIMultiDict[str] = CIMultiDict()
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN.match(name):
-            raise BadRequest(400, "malformed header field")
-        if _BAD_VALUE.search(value):
-            raise BadRequest(400, "control character in a header value")
-        headers.add(name.decode("ascii"), value.strip(b" \t").decode("utf-8", "surrogateescape"))
+    if sep:
+        fields += b"\r\n"
+        if fields.count(b"\r\n") > max_headers:
+            raise BadRequest(431, f"too many header fields (at most {max_headers})")
+        if not _FIELDS.fullmatch(fields):  # one linear pass; the slow path says why
+            _diagnose(fields)
+        for line in fields.split(b"\r\n")[:-1]:
+            name, _, value = line.partition(b":")
+            headers.add(
+                name.decode("ascii"), value.strip(b" \t").decode("utf-8", "surrogateescape")
+            )
     path, _, query = target.partition(b"?")
     return Head(
         method.decode("ascii"),
@@ -81,6 +85,16 @@ def parse_head(raw: bytes, max_headers: int) -> Head:
         version.decode("ascii"),
         headers,
     )
+
+
+def _diagnose(fields: bytes) -> None:
+    for line in fields.split(b"\r\n")[:-1]:
+        name, sep, value = line.partition(b":")
+        if not sep or not _TOKEN.match(name):
+            raise BadRequest(400, "malformed header field")
+        if _BAD_VALUE.search(value):
+            raise BadRequest(400, "control character in a header value")
+    raise BadRequest(400, "malformed header field")  # e.g. a bare CR or LF
 
 
 def _single(headers: Mapping[str, str], name: str) -> str | None:

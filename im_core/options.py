@@ -86,9 +86,7 @@ class Options:
     # Open sockets per client address (0 = no limit: NAT puts many users behind one); 429.
     max_connections_per_ip: int = attrs.field(default=0, converter=int, validator=_not_negative)
     # New sockets per second per client address (0 = no limit); past it: 429.
-    max_connect_rate_per_ip: int = attrs.field(
-        default=0, converter=int, validator=_not_negative
-    )
+    max_connect_rate_per_ip: int = attrs.field(default=0, converter=int, validator=_not_negative)
     # Total bytes of one HTTP push_stream body; past it: 413.
     max_stream_body: int = attrs.field(default=64 << 20, converter=int, validator=_positive)
     # Concurrent gRPC calls (unary and streams) on the gRPC port; past it: RESOURCE_EXHAUSTED.

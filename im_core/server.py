@@ -204,7 +204,13 @@ class Server:
         """Run the validate hook; raise ``Rejected`` unless it returns an Identity."""
         result = await self.hooks.validate(self, request)
         if isinstance(result, Identity):
-            return result
+            opts = self.options
+            if len(result.user_id) > opts.max_user_id_length:
+                result = Reject(f"user id longer than {opts.max_user_id_length} characters", 400)
+            elif len(result.tags) > opts.max_tags:
+                result = Reject(f"more than {opts.max_tags} tags", 400)
+            else:
+                return result
         if not isinstance(result, Reject):
             result = Reject("no validate plugin accepted the credentials", 401)
         await self.hooks.validate_failed(self, request, result)
@@ -460,8 +466,11 @@ class Server:
     async def retag(
         self, user_id: str, add: Iterable[str] = (), remove: Iterable[str] = ()
     ) -> bool:
+        add, remove = tuple(dict.fromkeys(add)), tuple(dict.fromkeys(remove))
+        if len(add) > self.options.max_tags:
+            raise InvalidArgument(f"add: more than {self.options.max_tags} tags (max_tags)")
         assert self.broker is not None
-        return await self.broker.retag(user_id, tuple(add), tuple(remove))
+        return await self.broker.retag(user_id, add, remove)
 
     # --- LocalNode: what the broker calls -------------------------------------------
 
@@ -524,6 +533,10 @@ class Server:
         conn = self.buckets.get(user_id)
         if conn is None:
             return False
+        if len((conn.tags - set(remove)) | set(add)) > self.options.max_tags:
+            raise InvalidArgument(
+                f"retag: {user_id!r} would have more than {self.options.max_tags} tags (max_tags)"
+            )
         self.tags.remove(conn, remove)
         self.tags.add(conn, add, time.time())
         return True

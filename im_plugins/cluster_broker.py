@@ -44,7 +44,7 @@ import orjson
 
 from im_core.ack import AckOutcome, Unacked
 from im_core.broker import Broker, LocalNode, Presence, Push
-from im_core.errors import CloseCode, Unavailable
+from im_core.errors import CloseCode, InvalidArgument, Unavailable
 from im_core.tags import TagStat
 
 log = logging.getLogger("im.cluster")
@@ -388,7 +388,10 @@ class ClusterBroker(Broker):
             return orjson.dumps({"ok": ok})
         if kind == "retag":
             user = header["u"]
-            ok = node.retag_local(user, tuple(header["a"]), tuple(header["d"]))
+            try:
+                ok = node.retag_local(user, tuple(header["a"]), tuple(header["d"]))
+            except InvalidArgument as exc:
+                return orjson.dumps({"ok": True, "e": str(exc)})
             if ok:
                 await self._retagged(user)
             return orjson.dumps({"ok": ok})
@@ -513,7 +516,12 @@ class ClusterBroker(Broker):
             return False
         async with self._guard(message["t"], peer=True):
             answer = await self._request(where.node_id, encode(message))
-        return answer is not None and bool(orjson.loads(answer)["ok"])
+        if answer is None:
+            return False
+        reply = orjson.loads(answer)
+        if "e" in reply:  # the holding node refused it: the caller's mistake
+            raise InvalidArgument(reply["e"])
+        return bool(reply["ok"])
 
     async def kick(self, user_id: str, code: int, reason: str) -> bool:
         if self.node.kick_local(user_id, code, reason, None):

@@ -24,8 +24,14 @@ async def test_ping_answers_json(server: Server) -> None:
 
 @pytest.mark.parametrize("query", ["", "?token="])
 async def test_missing_token_is_refused_before_upgrade(server: Server, query: str) -> None:
+    upgrade = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+    }
     async with aiohttp.ClientSession() as http:
-        async with http.get(ws_url(server) + query) as resp:
+        async with http.get(ws_url(server) + query, headers=upgrade) as resp:
             assert resp.status == 400
             body = await resp.json()
     assert "token" in body["error"]["message"]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from .api import PREFIX, api_app
-from .front import FrontSite
+from .front import Edge, FrontSite
 from .websocket import SERVER, websocket
 
 if TYPE_CHECKING:
@@ -48,7 +48,8 @@ class HttpTransport:
         self.port = port
         self.app = web.Application()
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._site: FrontSite | None = None
+        self.edge: Edge | None = None
 
     def build_app(self, server: Server) -> web.Application:
         app = self.app
@@ -61,12 +62,23 @@ class HttpTransport:
         return app
 
     async def start(self, server: Server) -> None:
+        opts = server.options
         self._runner = web.AppRunner(
-            self.build_app(server), handle_signals=False, access_log=None, shutdown_timeout=5.0
+            self.build_app(server),
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=5.0,
+            # Requests after the first on a keep-alive connection are parsed by
+            # aiohttp: the same bounds as the front's (which reads every first head).
+            keepalive_timeout=opts.keepalive_timeout,
+            max_line_size=opts.max_header_size,
+            max_field_size=opts.max_header_size,
+            max_headers=opts.max_headers,
         )
         await self._runner.setup()
         self._site = FrontSite(self._runner, server, self.host, self.port)
         await self._site.start()
+        self.edge = self._site.edge
         sockets = self._runner.server and self._site._server.sockets  # type: ignore[union-attr]
         if sockets:
             self.port = sockets[0].getsockname()[1]

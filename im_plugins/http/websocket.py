@@ -5,86 +5,63 @@ status with a JSON body. The server then answers ``101`` itself and hands the
 socket to a ``WsProtocol``: it reads client frames and the core writes prepared
 frames straight to the transport, so a connection keeps no aiohttp request,
 response, reader or task alive. Upgrade requests normally arrive through
-``front.FrontProtocol`` and never reach aiohttp; the route below serves the rest
-(odd requests the front hands on) and takes the socket over from aiohttp.
+``front.FrontProtocol`` and never reach aiohttp; the route below serves upgrades
+that come later on a keep-alive connection, with the same rules
+(``head.upgrade_answer``), and takes the socket over from aiohttp.
 """
 
 from __future__ import annotations
 
 import asyncio
-import binascii
-import hashlib
 import logging
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from im_core import CloseCode, ConnectRequest, Identity
+from im_core import ConnectRequest, Identity
 from im_core.connection import Format
 from im_core.errors import ImError
 from im_core.server import Rejected, Server
 
 from .errors import json_error
+from .head import BadRequest, accept_key, check_request
 from .wsproto import WsProtocol
 
+if TYPE_CHECKING:
+    from .front import Edge
+
 SERVER = web.AppKey("server", Server)
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 log = logging.getLogger("im.http")
 
 
-class Refused(Exception):
-    """A connection attempt answered with an HTTP error instead of ``101``."""
-
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code = status, message, code
-
-    def response(self) -> web.Response:
-        return json_error(self.status, self.message, self.code)
-
-
-def accept_key(headers: Mapping[str, str]) -> bytes | None:
-    """``Sec-WebSocket-Accept`` for a valid upgrade request, else None."""
-    if (
-        headers.get("Upgrade", "").lower().strip() != "websocket"
-        or "upgrade" not in headers.get("Connection", "").lower()
-        or headers.get("Sec-WebSocket-Version", "") not in ("13", "8", "7")
-    ):
-        return None
-    key = headers.get("Sec-WebSocket-Key", "").strip().encode()
-    try:
-        if len(binascii.a2b_base64(key, strict_mode=True)) != 16:
-            return None
-    except binascii.Error:
-        return None
-    return binascii.b2a_base64(hashlib.sha1(key + _GUID).digest(), newline=False)
-
-
-async def admit(server: Server, connect: ConnectRequest) -> tuple[Identity, Format, bytes]:
-    """Validate a connection attempt: its identity, frame format and accept key."""
+async def admit(server: Server, connect: ConnectRequest) -> tuple[Identity, Format]:
+    """Validate a connection attempt: its identity and frame format, else
+    raise ``BadRequest`` with the answer."""
     if server.stopping:
-        raise Refused(503, "server is shutting down")
+        raise BadRequest(503, "server is shutting down")
     query = connect.query
     try:
         identity = await server.authenticate(connect)
         fmt = server.format_for(query.get("codec"), query.get("message_type"))
     except Rejected as exc:
-        raise Refused(exc.reject.status, exc.reject.reason) from None
+        raise BadRequest(exc.reject.status, exc.reject.reason) from None
     except ImError as exc:
-        raise Refused(exc.status, str(exc), exc.code) from None
-    accept = accept_key(connect.headers)
-    if accept is None:
-        raise Refused(400, "this endpoint needs a WebSocket upgrade request")
-    return identity, fmt, accept
+        raise BadRequest(exc.status, str(exc), code=exc.code) from None
+    except Exception:
+        # A validate plugin's bug: the client gets 500, the log one line with the traceback.
+        log.exception("validating a connection from %s failed", connect.remote)
+        raise BadRequest(500, "internal error") from None
+    return identity, fmt
 
 
-def switch(server: Server, transport: asyncio.Transport, accept: bytes) -> WsProtocol:
-    """Answer ``101`` and make a ``WsProtocol`` the socket's protocol."""
+def switch(edge: Edge, transport: asyncio.Transport, accept: bytes, key: object) -> WsProtocol:
+    """Answer ``101`` and make a ``WsProtocol`` the socket's protocol. ``key`` is the
+    socket's place at the gate, released when it closes."""
     transport.write(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
         b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
     )
-    ws = WsProtocol(server, transport, server.options.max_frame_size)
+    ws = WsProtocol(edge, transport, key)
     transport.set_protocol(ws)
     if not transport.is_reading():
         transport.resume_reading()
@@ -99,7 +76,7 @@ async def register(
         conn = await server.attach(identity, fmt, ws.transport, ws.close, remote)
     except Exception:
         log.exception("connecting %s failed", identity.user_id)
-        ws.close(CloseCode.INTERNAL_ERROR, "internal error")  # no-op if the core closed it
+        ws.abandon()
     else:
         ws.start(conn)
 
@@ -115,7 +92,11 @@ class _TakenOver(web.StreamResponse):
 
 
 def _release(request: web.Request) -> bytes:
-    """Make aiohttp forget the request's connection; return bytes it read past it."""
+    """Make aiohttp forget the request's connection; return bytes it read past it.
+
+    This touches aiohttp internals (``_message_tail``, the handler's transport):
+    pyproject pins aiohttp to the minor versions this is tested with.
+    """
     handler = request.protocol
     tail: bytes = getattr(handler, "_message_tail", b"")
     # With no transport aiohttp can neither write to nor close the socket; the
@@ -127,6 +108,11 @@ def _release(request: web.Request) -> bytes:
 
 async def websocket(request: web.Request) -> web.StreamResponse:
     server = request.app[SERVER]
+    transport = request.transport
+    handed = transport.get_protocol() if transport is not None else None
+    take_over = getattr(handed, "take_over", None)
+    if transport is None or take_over is None:
+        return json_error(400, "connection closed")
     connect = ConnectRequest(
         token=request.query.get("token", ""),
         query=request.query,
@@ -134,14 +120,19 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         remote=request.remote,
         path=request.path,
     )
-    transport = request.transport
     try:
-        identity, fmt, accept = await admit(server, connect)
-        if transport is None:
-            raise Refused(400, "connection closed")
-    except Refused as exc:
-        return exc.response()
-    ws = switch(server, transport, accept)  # type: ignore[arg-type]
+        version = f"HTTP/{request.version.major}.{request.version.minor}"
+        check_request(request.method, version, request.headers)
+        identity, fmt = await admit(server, connect)
+        accept = accept_key(request.headers)
+    except BadRequest as exc:
+        response = json_error(exc.status, exc.message, exc.code)
+        response.headers.update(exc.headers)
+        return response
+    if transport.is_closing():
+        return json_error(400, "connection closed")
+    edge, key = take_over()
+    ws = switch(edge, transport, accept, key)  # type: ignore[arg-type]
     tail = _release(request)
     if tail:
         ws.data_received(tail)

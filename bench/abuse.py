@@ -47,6 +47,8 @@ from .unicast import http_post
 USER = "bystander"
 PUSH_CONNECTIONS = 16  # keep-alive connections the backend pushes on
 PUSH_TIMEOUT = 2.0  # a push not answered by then is dropped and its connection replaced
+LATE = 0.1  # pushes slower than this (seconds) are listed in the result, up to LATE_KEPT
+LATE_KEPT = 200
 SAMPLE_EVERY = 0.5  # seconds between RSS / open-file samples of the server
 #: targets: bystander p99 under abuse vs quiet, RSS after vs quiet
 P99_RATIO_MAX = 2.0
@@ -87,6 +89,9 @@ class Pusher:
         self.free: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
         self.free = asyncio.Queue()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.start = 0.0
+        self.replied: dict[int, float] = {}  # seq -> seconds from due time to the API reply
+        self.lag: dict[str, float] = {}  # phase -> the pusher's own worst lateness, s
 
     async def connect(self) -> None:
         self.free.put_nowait(await asyncio.open_connection(HOST, self.server.port))
@@ -110,6 +115,7 @@ class Pusher:
                 await asyncio.wait_for(self.connect(), PUSH_TIMEOUT)
             return
         self.free.put_nowait(conn)
+        self.replied[seq] = time.perf_counter() - due
         if status != 200:
             self.fail(phase, f"http {status}")
 
@@ -117,7 +123,7 @@ class Pusher:
         """Push until ``stop`` is set or ``seconds`` have passed."""
         for _ in range(PUSH_CONNECTIONS):
             await self.connect()
-        start = time.perf_counter()
+        start = self.start = time.perf_counter()
         for seq in range(int(seconds * self.rate)):
             due = start + seq / self.rate
             delay = due - time.perf_counter()
@@ -126,6 +132,8 @@ class Pusher:
             if stop.is_set():
                 break
             phase = self.phase
+            # A late wake-up here is the load generator's delay, not the server's.
+            self.lag[phase] = max(self.lag.get(phase, 0.0), time.perf_counter() - due)
             self.scheduled.setdefault(phase, []).append(seq)
             task = asyncio.ensure_future(self.push(seq, phase, due))
             self.tasks.add(task)
@@ -186,10 +194,20 @@ class Rig:
         assert self.bystander is not None
         self.bystander.abort()
         out = {}
-        for phase, seqs in self.pusher.scheduled.items():
-            got = sorted(
-                self.bystander.latency[s] * 1000 for s in seqs if s in self.bystander.latency
-            )
+        pusher, latency = self.pusher, self.bystander.latency
+        for phase, seqs in pusher.scheduled.items():
+            got = sorted(latency[s] * 1000 for s in seqs if s in latency)
+            # Where the slow ones were: [s since pushing began, ms to the API reply, ms to
+            # the bystander] (None: never), to tell a stall from noise and API from socket.
+            late = [
+                [
+                    round(s / pusher.rate, 2),
+                    round(pusher.replied[s] * 1000, 1) if s in pusher.replied else None,
+                    round(latency[s] * 1000, 1) if s in latency else None,
+                ]
+                for s in seqs
+                if latency.get(s, LATE) >= LATE
+            ]
             p50, p99 = quantile(got, 0.5), quantile(got, 0.99)
             out[phase] = {
                 "pushes": len(seqs),
@@ -198,7 +216,9 @@ class Rig:
                 "p50_ms": round(p50, 2) if p50 is not None else None,
                 "p99_ms": round(p99, 2) if p99 is not None else None,
                 "max_ms": round(got[-1], 2) if got else None,
-                "push_failures": dict(self.pusher.failures.get(phase, {})),
+                "push_failures": dict(pusher.failures.get(phase, {})),
+                "loadgen_lag_max_ms": round(pusher.lag.get(phase, 0.0) * 1000, 1),
+                "late": late[:LATE_KEPT],
                 "bystander_outcome": self.bystander.outcome or "open",
             }
         return out

@@ -41,7 +41,7 @@ from im_plugins.json_codec import JsonCodec
 
 from .attackers import KINDS
 from .loadgen import WsClient, upgrade_request
-from .servers import HOST, IM, LOADGEN_CPU, ROOT, Running, running
+from .servers import HOST, IM, LOADGEN_CPU, ROOT, SERVER_CPU, Running, core_busy_seconds, running
 from .unicast import http_post
 
 USER = "bystander"
@@ -224,6 +224,26 @@ class Rig:
         return out
 
 
+class Busy:
+    """How busy the server was over a phase, and the rest of its core (other processes
+    on a shared machine: a server starved by them looks idle and slow at once)."""
+
+    def __init__(self, server: Running) -> None:
+        self.server = server
+        self.t0 = time.perf_counter()
+        self.cpu0 = server.cpu_seconds()
+        self.core0 = core_busy_seconds(SERVER_CPU)
+
+    def read(self) -> dict[str, float]:
+        wall = time.perf_counter() - self.t0
+        server = (self.server.cpu_seconds() - self.cpu0) / wall
+        core = (core_busy_seconds(SERVER_CPU) - self.core0) / wall
+        return {
+            "server_busy": round(server, 2),
+            "others_on_core": round(max(0.0, core - server), 2),
+        }
+
+
 class Sampler:
     """Peak RSS and open files of the server while a phase runs."""
 
@@ -278,11 +298,10 @@ async def attack(rig: Rig, kind: str, args: argparse.Namespace) -> dict[str, Any
             raise RuntimeError(f"attacker {kind} did not start: {line!r}")
         rig.pusher.phase = kind
         sampler = Sampler(rig.server)
-        cpu0, t0 = rig.server.cpu_seconds(), time.perf_counter()
+        busy, t0 = Busy(rig.server), time.perf_counter()
         report = orjson.loads(await asyncio.wait_for(proc.stdout.readline(), args.attack + 60))
         attack_end = time.perf_counter()
         recovery = await rig.recover(attack_end, args.recover_max)
-        wall = time.perf_counter() - t0
     finally:
         if proc.returncode is None:
             with contextlib.suppress(TimeoutError):
@@ -293,7 +312,7 @@ async def attack(rig: Rig, kind: str, args: argparse.Namespace) -> dict[str, Any
     return {
         "attack_s": round(attack_end - t0, 1),
         "recovery_s": round(recovery, 2) if recovery is not None else None,
-        "server_busy": round((rig.server.cpu_seconds() - cpu0) / wall, 2),
+        **busy.read(),
         "rss_mb": round(rig.server.rss_kb() / 1024, 1),
         **sampler.stop(),
         "attackers": report,
@@ -302,11 +321,10 @@ async def attack(rig: Rig, kind: str, args: argparse.Namespace) -> dict[str, Any
 
 async def quiet(rig: Rig, phase: str, seconds: float) -> dict[str, Any]:
     rig.pusher.phase = phase
-    sampler = Sampler(rig.server)
-    cpu0, t0 = rig.server.cpu_seconds(), time.perf_counter()
+    sampler, busy = Sampler(rig.server), Busy(rig.server)
     await asyncio.sleep(seconds)
     return {
-        "server_busy": round((rig.server.cpu_seconds() - cpu0) / (time.perf_counter() - t0), 2),
+        **busy.read(),
         "rss_mb": round(rig.server.rss_kb() / 1024, 1),
         **sampler.stop(),
     }
@@ -387,7 +405,7 @@ def outcome_text(p: dict[str, Any]) -> str:
 
 def table(phases: dict[str, dict[str, Any]], attacks: list[str]) -> str:
     head = ["phase", "pushes ok/due", "p50 ms", "p99 ms", "p99 / quiet", "RSS MB (peak)"]
-    head += ["server CPU", "attackers"]
+    head += ["server CPU (others)", "attackers"]
     rows = [head, ["---"] * len(head)]
 
     def num(v: Any, fmt: str = "{:,.2f}") -> str:
@@ -405,7 +423,7 @@ def table(phases: dict[str, dict[str, Any]], attacks: list[str]) -> str:
                 num(p.get("p99_ms")),
                 num(p.get("p99_ratio"), "{:.2f}x"),
                 f"{num(p.get('rss_mb'), '{:.1f}')} ({num(p.get('rss_peak_mb'), '{:.1f}')})",
-                num(p.get("server_busy")),
+                f"{num(p.get('server_busy'))} ({num(p.get('others_on_core'))})",
                 outcome_text(p),
             ]
         )

@@ -102,6 +102,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def core_busy_seconds(cpu: int) -> float:
+    """CPU time core ``cpu`` spent on anything but idle and iowait so far (all processes)."""
+    with open("/proc/stat") as fh:
+        for line in fh:
+            if line.startswith(f"cpu{cpu} "):
+                ticks = [int(t) for t in line.split()[1:]]
+                return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    raise RuntimeError(f"no cpu{cpu} in /proc/stat")
+
+
 def payload(i: int, size: int) -> bytes:
     """``size`` ASCII bytes, distinct per message, same length for every ``i``."""
     return f"{i:08d}".encode().ljust(size, b"x")[:size]

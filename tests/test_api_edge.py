@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tracemalloc
 from collections.abc import AsyncIterator
 
 import grpc
@@ -130,6 +131,21 @@ async def test_push_stream_reply_arrives_while_the_body_is_still_sent(server, se
     doc = orjson.loads(reply)  # one JSON object, however it was cut
     assert doc["processed"] == 21_000 and "error" not in doc
     assert [result["seq"] for result in doc["results"]] == list(range(21_000))
+
+
+async def test_push_stream_holds_a_batch_of_results_not_all(server, session) -> None:
+    body = b"{}\n" * 100_000  # 100,000 error results, ~10 MB of reply
+    received = 0
+    tracemalloc.start()
+    try:
+        async with session.post(stream_url(server), data=body) as r:
+            while piece := await r.content.readany():  # read as it comes, kept by nobody
+                received += len(piece)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert received > 10_000_000
+    assert peak < 20_000_000, peak  # holding all results took 66 MB
 
 
 async def test_push_stream_stops_reading_while_its_reply_is_not_read(make_server) -> None:

@@ -39,6 +39,8 @@ log = logging.getLogger("im.http.api")
 
 #: Seconds between keep-alive comments on the ack event stream.
 SSE_KEEPALIVE = 15.0
+#: push_stream results per write at most: a chunk read can hold ~100k short lines.
+WRITE_BATCH = 1024
 
 PREFIX = "/api/v1"
 API_SERVER = web.AppKey("api_server", Server)
@@ -236,10 +238,11 @@ async def broadcast(request: web.Request) -> web.Response:
 async def push_stream(request: web.Request) -> web.StreamResponse:
     """NDJSON body, one ``StreamPush`` per line; results only for lines with news.
 
-    The reply is written while the body is read, one write per chunk read, so
-    neither side holds all results, and a caller that does not read the reply stops
-    the reading (aiohttp's write backpressure). Limits: ``max_stream_body`` bytes in
-    all, one line as big as a unary body, ``body_timeout`` between chunks.
+    The reply is written while the body is read, one write per chunk read (or per
+    ``WRITE_BATCH`` results), so neither side holds all results, and a caller that
+    does not read the reply stops the reading (aiohttp's write backpressure).
+    Limits: ``max_stream_body`` bytes in all, one line as big as a unary body,
+    ``body_timeout`` between chunks.
     """
     server = request.app[API_SERVER]
     out = StreamReply(request)
@@ -249,12 +252,15 @@ async def push_stream(request: web.Request) -> web.StreamResponse:
             raise PayloadTooLarge(f"body: over max_stream_body ({limit} bytes)")
         async with contextlib.aclosing(_line_batches(request, server)) as batches:
             async for lines in batches:
-                results = []
+                results: list[dict[str, Any]] = []
                 for line in lines:
                     result = await _push_line(server, line, out.processed)
                     out.processed += 1
                     if result is not None:
-                        results.append(orjson.dumps(result))
+                        results.append(result)
+                        if len(results) == WRITE_BATCH:
+                            await out.write(results)
+                            results = []
                 await out.write(results)
     except ImError as exc:
         return await out.end(exc)
@@ -311,16 +317,18 @@ class StreamReply:
     def started(self) -> bool:
         return self._response is not None
 
-    async def write(self, results: list[bytes]) -> None:
+    async def write(self, results: list[dict[str, Any]]) -> None:
         if not results:
             return
+        # One encoding per batch: each orjson.dumps result holds a 4 KiB buffer.
+        encoded = orjson.dumps(results)[1:-1]
         if self._response is None:
             self._response = web.StreamResponse(headers={"Content-Type": "application/json"})
             await self._response.prepare(self.request)
             head = b'{"results":['
         else:
             head = b","
-        await self._response.write(head + b",".join(results))
+        await self._response.write(head + encoded)
 
     async def end(self, exc: ImError | None = None) -> web.StreamResponse:
         error = None if exc is None else {"code": exc.code, "message": str(exc)}

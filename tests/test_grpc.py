@@ -29,7 +29,11 @@ async def test_original_backend_works_unchanged(server, connect, original_stubs)
     assert r["Onliens"]["reply"] == {"number": 3}
     assert r["SendMessage:offline"]["code"] == "NOT_FOUND"
     assert "ghost" in r["SendMessage:offline"]["details"]
-    assert r["SendMessageToMultiple"]["trailing"] == [["im-missing-bin", "ghost"]]
+    assert r["SendMessageToMultiple"]["trailing"] == [
+        ["im-missing-bin", "ghost"],
+        ["im-missing-count", "1"],
+        ["im-missing-truncated", "false"],
+    ]
     assert r["Broadcast"]["reply"]["size"] >= 1  # the broadcast queue length
     assert r["WTIBroadcast"]["reply"]["size"] >= 2
     dist = r["WTIDistribute"]["reply"]

@@ -112,14 +112,19 @@ async def test_good_upgrade_whole_or_split(server: Server, split: bool) -> None:
     await eventually(lambda: server.buckets.get(token))
 
 
+async def _ping_on(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One keep-alive request and its whole answer."""
+    writer.write(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+    await reader.readexactly(length)
+
+
 async def test_upgrade_after_a_request_on_a_keep_alive_connection(server: Server) -> None:
     """The aiohttp route applies the same rules as the front."""
     reader, writer = await asyncio.open_connection("127.0.0.1", _port(server))
     try:
-        writer.write(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
-        await reader.readexactly(length)
+        await _ping_on(reader, writer)
         writer.write(upgrade("/conn?token=later").replace(b"Version: 13", b"Version: 8"))
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 426") and b"Sec-WebSocket-Version: 13" in head
@@ -127,10 +132,7 @@ async def test_upgrade_after_a_request_on_a_keep_alive_connection(server: Server
         writer.close()
     reader, writer = await asyncio.open_connection("127.0.0.1", _port(server))
     try:
-        writer.write(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
-        await reader.readexactly(length)
+        await _ping_on(reader, writer)
         writer.write(upgrade("/conn?token=later"))
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101"), head

@@ -21,7 +21,15 @@ from .conftest import eventually, http_url, ws_url
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 
-def client_frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True) -> bytes:
+def client_frame(
+    opcode: int,
+    payload: bytes,
+    *,
+    fin: bool = True,
+    masked: bool = True,
+    mask: bytes | None = None,
+) -> bytes:
+    """One client frame; a random mask unless ``mask`` is given (zero keeps it cheap)."""
     n = len(payload)
     first = (0x80 if fin else 0) | opcode
     mask_bit = 0x80 if masked else 0
@@ -33,7 +41,9 @@ def client_frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool 
         head = struct.pack("!BBQ", first, mask_bit | 127, n)
     if not masked:
         return head + payload
-    mask = os.urandom(4)
+    mask = os.urandom(4) if mask is None else mask
+    if mask == b"\0\0\0\0":
+        return head + mask + payload
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 

@@ -13,21 +13,19 @@ import aiohttp
 from im_core import CloseCode, ConnectRequest, Identity, Server, hookimpl
 
 from .conftest import eventually, http_url, ws_url
-from .test_websocket_protocol import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT, RawClient
-
-MASK = b"\x00\x00\x00\x00"  # a zero mask is valid and keeps frames cheap to build
+from .test_websocket_protocol import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_TEXT,
+    RawClient,
+    client_frame,
+)
 
 
 def frame(opcode: int, payload: bytes = b"", *, fin: bool = True) -> bytes:
-    first = (0x80 if fin else 0) | opcode
-    n = len(payload)
-    if n < 126:
-        head = bytes((first, 0x80 | n))
-    elif n < 1 << 16:
-        head = struct.pack("!BBH", first, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", first, 0x80 | 127, n)
-    return head + MASK + payload
+    return client_frame(opcode, payload, fin=fin, mask=b"\0\0\0\0")
 
 
 class Recorder:

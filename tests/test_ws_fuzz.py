@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import struct
 import time
 from typing import Any
 
@@ -21,13 +20,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from examples.echo.echo_plugin import RawCodec
 from im_core import Identity, Server, hookimpl
 from im_plugins.http.front import Edge
 from im_plugins.http.gate import UNCOUNTED
 from im_plugins.http.wsproto import WsProtocol
 
 from .conftest import eventually
-from .test_websocket_protocol import RawClient
+from .test_websocket_protocol import RawClient, client_frame
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 #: What the server may close with after hostile bytes (docs/protocol.md), besides
@@ -38,18 +38,6 @@ SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-
-
-def masked(opcode: int, payload: bytes, fin: bool, mask: bytes) -> bytes:
-    first = (0x80 if fin else 0) | opcode
-    n = len(payload)
-    if n < 126:
-        head = bytes((first, 0x80 | n))
-    elif n < 1 << 16:
-        head = struct.pack("!BBH", first, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", first, 0x80 | 127, n)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 class Wire:
@@ -121,21 +109,6 @@ async def reader_env(make_server) -> tuple[Server, Recorder, Edge]:
     return server, rec, Edge(server, lambda: asyncio.Protocol())
 
 
-class RawCodec:
-    """Client frames are the data; pushes are the payload (no envelope)."""
-
-    name = "raw"
-    text_safe = True
-
-    def encode_push(self, sid: int, msg: bytes) -> bytes:
-        return msg
-
-    def decode_client(self, data: bytes) -> Any:
-        from im_core.codec import ClientFrame
-
-        return ClientFrame(data=data)
-
-
 class RawCodecPlugin:
     @hookimpl
     def im_register_codecs(self, register: Any) -> None:
@@ -177,11 +150,10 @@ def streams(draw: st.DrawFn) -> tuple[list[tuple[bytes, bool]], bytes, list[int]
         parts = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
         for i, part in enumerate(parts):
             opcode = (OP_BINARY if binary else OP_TEXT) if i == 0 else OP_CONT
-            wire += masked(
-                opcode, part, i == len(parts) - 1, draw(st.binary(min_size=4, max_size=4))
-            )
+            mask = draw(st.binary(min_size=4, max_size=4))
+            wire += client_frame(opcode, part, fin=i == len(parts) - 1, mask=mask)
             if draw(st.booleans()):
-                wire += masked(OP_PING, b"p", True, b"abcd")  # control frames may interleave
+                wire += client_frame(OP_PING, b"p", mask=b"abcd")  # control frames may interleave
     cuts = sorted(set(draw(st.lists(st.integers(1, max(1, len(wire) - 1)), max_size=20))))
     return sent, wire, cuts
 

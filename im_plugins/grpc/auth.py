@@ -1,5 +1,6 @@
-"""API-key check for gRPC calls: metadata ``x-api-key: KEY`` (or
-``authorization: Bearer KEY``), else UNAUTHENTICATED.
+"""API-key check for gRPC calls: metadata ``x-api-key: KEY`` if present, else
+``authorization: Bearer KEY`` (the HTTP API's rule, ``im_plugins.api_key``), else
+UNAUTHENTICATED.
 
 Health checking and reflection stay open: they reveal no user data and load
 balancers probe health without credentials.
@@ -7,17 +8,14 @@ balancers probe health without credentials.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from im_plugins.api_key import metadata_matches
+
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-
-
-def key_matches(key: bytes, given: str | None) -> bool:
-    return given is not None and hmac.compare_digest(key, given.encode())
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
@@ -32,21 +30,14 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or details.method.startswith(OPEN_PREFIXES):  # type: ignore[attr-defined]
             return handler
-        for name, value in details.invocation_metadata or ():  # type: ignore[attr-defined]
-            if name == "x-api-key":
-                given = value
-            elif name == "authorization" and value.startswith("Bearer "):
-                given = value[7:]
-            else:
-                continue
-            if key_matches(self._key, given):
-                return handler
-        return _deny(handler)
+        metadata = details.invocation_metadata or ()  # type: ignore[attr-defined]
+        return handler if metadata_matches(self._key, metadata) else _deny(handler)
 
 
 async def _refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
     await context.abort(
-        grpc.StatusCode.UNAUTHENTICATED, "missing or wrong API key (metadata x-api-key)"
+        grpc.StatusCode.UNAUTHENTICATED,
+        "missing or wrong API key (metadata x-api-key: KEY or authorization: Bearer KEY)",
     )
 
 

@@ -2,12 +2,15 @@
 
 Backends built from the original's ``.proto`` work against it as they are. Where
 the original's replies have no field for it, news travels in trailing metadata:
-``im-missing-bin`` (one value per unreached user of SendMessageToMultiple) and
+``im-missing-bin`` (one value per unreached user of SendMessageToMultiple, as many
+as fit in ``MISSING_BUDGET`` bytes), ``im-missing-count`` and
+``im-missing-truncated`` (all of them, and whether the list was cut), and
 ``im-queue-length`` (on RESOURCE_EXHAUSTED).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import grpc
@@ -22,6 +25,12 @@ if TYPE_CHECKING:
     from im_core.server import Server
 
 MISSING_KEY = "im-missing-bin"
+MISSING_COUNT_KEY = "im-missing-count"
+MISSING_TRUNCATED_KEY = "im-missing-truncated"
+#: Bytes of ``im-missing-bin`` entries in one reply, counted as HPACK does (name,
+#: base64 value, 32 per entry): well under the 8 KiB of metadata a gRPC caller
+#: accepts by default, past which it fails the call although the push was made.
+MISSING_BUDGET = 4096
 _EMPTY = pb.Empty()
 _SENT = pb.SendMessageReply()
 
@@ -54,9 +63,7 @@ class BasicServicer(basic_pb2_grpc.BasicServicer):
     ) -> pb.SendMessageReply:
         result = await self.server.push(request.token, request.data)
         if result.missing:
-            context.set_trailing_metadata(
-                tuple((MISSING_KEY, user.encode()) for user in result.missing)
-            )
+            context.set_trailing_metadata(missing_trailers(result.missing))
         return _SENT
 
     @unary
@@ -81,3 +88,19 @@ class BasicServicer(basic_pb2_grpc.BasicServicer):
             entry = reply.data[tag]
             entry.tag, entry.number, entry.createTime = tag, stat.number, int(stat.created)
         return reply
+
+
+def missing_trailers(missing: Sequence[str]) -> tuple[tuple[str, str | bytes], ...]:
+    """The first unreached users that fit in ``MISSING_BUDGET``, then the count of
+    all of them and whether the list was cut (``im.v1.Im/PushUsers`` lists all)."""
+    listed: list[tuple[str, str | bytes]] = []
+    room = MISSING_BUDGET
+    for user in missing:
+        value = user.encode()
+        cost = len(MISSING_KEY) + 4 * -(-len(value) // 3) + 32  # -bin values travel base64
+        if cost > room:
+            break
+        room -= cost
+        listed.append((MISSING_KEY, value))
+    cut = "true" if len(listed) < len(missing) else "false"
+    return (*listed, (MISSING_COUNT_KEY, str(len(missing))), (MISSING_TRUNCATED_KEY, cut))

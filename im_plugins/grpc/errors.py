@@ -13,7 +13,9 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from im_core.errors import Busy, ImError
+from im_core.errors import Busy, ImError, InvalidArgument
+
+from .checked import Malformed
 
 log = logging.getLogger("im.grpc")
 
@@ -46,13 +48,17 @@ async def abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
 
 
 def unary(method: M) -> M:
-    """Wrap a unary servicer method: core errors become statuses."""
+    """Wrap a unary servicer method: core errors become statuses, and a request
+    that did not decode (``checked.Malformed``) is INVALID_ARGUMENT."""
 
     @functools.wraps(method)
     async def call(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if request.__class__ is Malformed:
+                raise InvalidArgument(request.message)
             return await method(self, request, context)
         except Exception as exc:
             await abort(context, exc)
 
+    call.checks_malformed = True  # type: ignore[attr-defined]  # checked.register: no wrapper
     return call  # type: ignore[return-value]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hmac
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from im_core.errors import (
     Busy,
@@ -28,6 +29,8 @@ from im_core.errors import (
 )
 from im_core.server import Server
 from im_plugins.ack_events import AckEvent, feed_for
+from im_plugins.api_key import key_matches
+from im_plugins.limits import request_limit
 
 from .errors import json_error
 from .openapi import document
@@ -36,11 +39,25 @@ log = logging.getLogger("im.http.api")
 
 #: Seconds between keep-alive comments on the ack event stream.
 SSE_KEEPALIVE = 15.0
+#: push_stream results per write at most: a chunk read can hold ~100k short lines.
+WRITE_BATCH = 1024
 
 PREFIX = "/api/v1"
 API_SERVER = web.AppKey("api_server", Server)
 API_KEY = web.AppKey("api_key", bytes)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class RequestTimeout(ImError):
+    """The request body did not arrive within ``body_timeout``."""
+
+    status = 408
+    code = "request_timeout"
+
+
+def body_limit(server: Server) -> int:
+    """Bytes of one unary request body (and of one push_stream line)."""
+    return request_limit(server.options.max_message_size, base64=True)
 
 
 def reply(body: dict[str, Any]) -> web.Response:
@@ -134,7 +151,44 @@ def parse(raw: bytes, what: str = "body") -> Body:
 
 
 async def read_body(request: web.Request) -> Body:
-    return parse(await request.read())
+    return parse(await read_whole(request))
+
+
+async def read_whole(request: web.Request) -> bytes:
+    """The body, refused (413) as soon as it passes the limit aiohttp was given
+    (``client_max_size`` of the root app, see ``HttpTransport.build_app``) and (408)
+    unless it all arrives within ``body_timeout``."""
+    limit = request.client_max_size
+    if (request.content_length or 0) > limit:
+        raise _too_large("body", limit)  # refused before reading
+    try:
+        if request.content.is_eof():  # the body came with the head (small requests): no timer
+            body = await request.content.read()
+        else:
+            body = await _read_in_time(request, limit)
+    except RequestPayloadError as exc:
+        raise InvalidArgument(f"body: malformed ({exc})") from None
+    if len(body) > limit:
+        raise _too_large("body", limit)
+    return body
+
+
+async def _read_in_time(request: web.Request, limit: int) -> bytes:
+    timeout = request.app[API_SERVER].options.body_timeout
+    body = bytearray()
+    try:
+        async with asyncio.timeout(timeout):
+            while chunk := await request.content.readany():
+                body += chunk
+                if len(body) > limit:
+                    raise _too_large("body", limit)
+    except TimeoutError:
+        raise RequestTimeout(f"body: not received within body_timeout ({timeout:g} s)") from None
+    return bytes(body)
+
+
+def _too_large(what: str, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"{what}: over {limit} bytes (the limit follows max_message_size)")
 
 
 # --- handlers: one per im.v1.Im method ---------------------------------------------------
@@ -181,51 +235,170 @@ async def broadcast(request: web.Request) -> web.Response:
     return reply({"sid": queued.sid, "queue_length": queued.queue_length})
 
 
-async def push_stream(request: web.Request) -> web.Response:
-    """NDJSON body, one ``StreamPush`` per line; results only for lines with news."""
+async def push_stream(request: web.Request) -> web.StreamResponse:
+    """NDJSON body, one ``StreamPush`` per line; results only for lines with news.
+
+    The reply is written while the body is read, one write per chunk read (or per
+    ``WRITE_BATCH`` results), so neither side holds all results, and a caller that
+    does not read the reply stops the reading (aiohttp's write backpressure).
+    Limits: ``max_stream_body`` bytes in all, one line as big as a unary body,
+    ``body_timeout`` between chunks.
+    """
     server = request.app[API_SERVER]
-    results: list[dict[str, Any]] = []
-    seq = -1
-    async for line in _lines(request, _line_limit(server)):
-        seq += 1
-        try:
-            body = parse(line, f"line {seq + 1}")  # field errors read as in gRPC
-            data, ack = body.payload(), body.flag("ack")
-            if body.data.get("users"):
-                result = await server.push(body.strings("users"), data, ack=ack)
-                sid, missing = result.sid, list(result.missing)
-            elif body.data.get("tags"):
-                sid = server.push_tags(body.strings("tags"), data, match=body.match(), ack=ack).sid
-                missing = []
-            elif body.flag("all"):
-                sid, missing = server.broadcast(data, ack=ack).sid, []
-            else:
-                raise InvalidArgument("target: one of users, tags or all is required")
-        except ImError as exc:
-            results.append({"seq": seq, "error": {"code": exc.code, "message": str(exc)}})
-            continue
-        if sid or missing:
-            results.append({"seq": seq, "sid": sid, "missing": missing})
-    return reply({"processed": seq + 1, "results": results})
+    out = StreamReply(request)
+    try:
+        limit = server.options.max_stream_body
+        if (request.content_length or 0) > limit:
+            raise PayloadTooLarge(f"body: over max_stream_body ({limit} bytes)")
+        async with contextlib.aclosing(_line_batches(request, server)) as batches:
+            async for lines in batches:
+                results: list[dict[str, Any]] = []
+                for line in lines:
+                    result = await _push_line(server, line, out.processed)
+                    out.processed += 1
+                    if result is not None:
+                        results.append(result)
+                        if len(results) == WRITE_BATCH:
+                            await out.write(results)
+                            results = []
+                await out.write(results)
+    except ImError as exc:
+        return await out.end(exc)
+    except ConnectionError:
+        raise  # the caller went away
+    except Exception:
+        if not out.started:
+            raise  # the middleware answers 500
+        log.exception("unexpected error in push_stream")
+        return await out.end(ImError("internal error"))
+    return await out.end()
 
 
-def _line_limit(server: Server) -> int:
-    return 2 * server.options.max_message_size + (64 << 10)  # base64 + JSON around it
+async def _push_line(server: Server, line: bytes, seq: int) -> dict[str, Any] | None:
+    """Push one line; its result, or None when there is no news."""
+    try:
+        body = parse(line, f"line {seq + 1}")  # field errors read as in gRPC
+        data, ack = body.payload(), body.flag("ack")
+        if body.data.get("users"):
+            result = await server.push(body.strings("users"), data, ack=ack)
+            sid, missing = result.sid, list(result.missing)
+        elif body.data.get("tags"):
+            sid = server.push_tags(body.strings("tags"), data, match=body.match(), ack=ack).sid
+            missing = []
+        elif body.flag("all"):
+            sid, missing = server.broadcast(data, ack=ack).sid, []
+        else:
+            raise InvalidArgument("target: one of users, tags or all is required")
+    except ImError as exc:
+        return {"seq": seq, "error": {"code": exc.code, "message": str(exc)}}
+    if sid or missing:
+        return {"seq": seq, "sid": sid, "missing": missing}
+    return None
 
 
-async def _lines(request: web.Request, limit: int) -> AsyncIterator[bytes]:
-    """Non-blank lines of the body as they arrive (the body may be any length)."""
-    buffer = b""
-    async for chunk in request.content.iter_any():
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            if line.strip():
-                yield line
-        if len(buffer) > limit:
-            raise PayloadTooLarge(f"body: a line is longer than {limit} bytes")
-    if buffer.strip():
-        yield buffer
+class StreamReply:
+    """The push_stream reply ``{"results": [...], "processed": N}``, written piece
+    by piece (one JSON object however it is cut).
+
+    Nothing is sent before the first result, so an error until then (body over a
+    limit, too slow, malformed) is a plain error response (413, 408, 400) that also
+    carries ``processed`` and ``results``. After it the status is sent: the error
+    becomes a last entry in ``results`` (``seq``: the first push not done) and an
+    ``error`` beside ``processed``. Either way the rest of the body is not pushed:
+    aiohttp reads and drops it for up to its lingering time (10 s), then closes.
+    """
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.processed = 0
+        self._response: web.StreamResponse | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._response is not None
+
+    async def write(self, results: list[dict[str, Any]]) -> None:
+        if not results:
+            return
+        # One encoding per batch: each orjson.dumps result holds a 4 KiB buffer.
+        encoded = orjson.dumps(results)[1:-1]
+        if self._response is None:
+            self._response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await self._response.prepare(self.request)
+            head = b'{"results":['
+        else:
+            head = b","
+        await self._response.write(head + encoded)
+
+    async def end(self, exc: ImError | None = None) -> web.StreamResponse:
+        error = None if exc is None else {"code": exc.code, "message": str(exc)}
+        tail: dict[str, Any] = {"processed": self.processed}
+        if error is not None:
+            tail["error"] = error
+        if self._response is None:
+            if exc is None:
+                return reply({"results": [], **tail})
+            body = {"results": [], **tail, "status": exc.status, "data": str(exc)}
+            return web.Response(
+                body=orjson.dumps(body), status=exc.status, content_type="application/json"
+            )
+        last = b""
+        if error is not None:
+            last = b"," + orjson.dumps({"seq": self.processed, "error": error})
+        await self._response.write(last + b"]," + orjson.dumps(tail)[1:])
+        await self._response.write_eof()
+        return self._response
+
+
+async def _line_batches(request: web.Request, server: Server) -> AsyncIterator[list[bytes]]:
+    """Non-blank lines of the body, one list per chunk read. Past a limit it raises,
+    after yielding the whole lines before the point where the limit was crossed."""
+    line_limit = body_limit(server)
+    room = server.options.max_stream_body
+    pending: list[bytes] = []  # pieces of the line not finished yet
+    pending_size = 0
+    async for chunk in _chunks(request, server.options.body_timeout):
+        over = len(chunk) > room
+        if over:
+            chunk = chunk[:room]
+        room -= len(chunk)
+        *lines, rest = chunk.split(b"\n")
+        if lines and pending:
+            lines[0] = b"".join((*pending, lines[0]))
+            pending, pending_size = [], 0
+        if rest:
+            pending.append(rest)
+            pending_size += len(rest)
+        batch = [line for line in lines if line.strip()]
+        long = next((i for i, line in enumerate(batch) if len(line) > line_limit), None)
+        if long is not None:
+            yield batch[:long]
+            raise _too_large("line", line_limit)
+        yield batch
+        if over:
+            limit = server.options.max_stream_body
+            raise PayloadTooLarge(f"body: over max_stream_body ({limit} bytes)")
+        if pending_size > line_limit:
+            raise _too_large("line", line_limit)
+    last = b"".join(pending)
+    if last.strip():
+        yield [last]
+
+
+async def _chunks(request: web.Request, timeout: float) -> AsyncIterator[bytes]:
+    """The body as it arrives; ``RequestTimeout`` when no byte comes for ``timeout``."""
+    content = request.content
+    try:
+        while True:
+            async with asyncio.timeout(timeout):
+                chunk = await content.readany()
+            if not chunk:
+                return
+            yield chunk
+    except TimeoutError:
+        raise RequestTimeout(f"body: nothing received for body_timeout ({timeout:g} s)") from None
+    except RequestPayloadError as exc:
+        raise InvalidArgument(f"body: malformed ({exc})") from None
 
 
 async def kick(request: web.Request) -> web.Response:
@@ -342,13 +515,8 @@ OPEN_PATHS = frozenset({f"{PREFIX}/openapi.json"})
 
 
 def _authorized(request: web.Request, key: bytes) -> bool:
-    given = request.headers.get("X-API-Key")
-    if given is None:
-        auth = request.headers.get("Authorization", "")
-        if not auth.startswith("Bearer "):
-            return False
-        given = auth[7:]
-    return hmac.compare_digest(key, given.encode())
+    headers = request.headers
+    return key_matches(key, headers.get("X-API-Key"), headers.get("Authorization"))
 
 
 @web.middleware
@@ -366,18 +534,18 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         if exc.status < 400:
             raise
         return json_error(exc.status, exc.reason)
+    except ConnectionError:
+        raise  # the caller went away: aiohttp drops the request quietly
     except Exception:
         log.exception("unexpected error in %s %s", request.method, request.path)
         return json_error(500, "internal error")
 
 
 def api_app(server: Server) -> web.Application:
-    """The sub-application mounted at ``/api/v1``."""
+    """The sub-application mounted at ``/api/v1``. Its body limit is the root
+    app's (aiohttp applies that one): ``HttpTransport.build_app`` sets it."""
     opts = server.options
-    app = web.Application(
-        middlewares=[api_middleware],
-        client_max_size=max(4 << 20, 2 * opts.max_message_size + (64 << 10)),
-    )
+    app = web.Application(middlewares=[api_middleware])
     app[API_SERVER] = server
     app[API_KEY] = (opts.api_key or "").encode()
     for method, path, handler, _ in ROUTES:

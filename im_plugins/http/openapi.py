@@ -62,7 +62,11 @@ SCHEMAS: dict[str, S] = {
         {"seq": INT, "sid": INT, "missing": STRS, "error": _ref("Error")}, ["seq"]
     ),
     "PushStreamReply": _obj(
-        {"processed": INT, "results": {"type": "array", "items": _ref("StreamResult")}}
+        {
+            "results": {"type": "array", "items": _ref("StreamResult")},
+            "processed": INT,
+            "error": _ref("Error"),  # only when a limit stopped the stream (docs/api.md)
+        }
     ),
     "Empty": _obj({}),
     "PresenceReply": _obj(
@@ -100,51 +104,52 @@ OPERATIONS: dict[str, tuple[str, str | None, str, tuple[int, ...]]] = {
         "Push to one user (404 when not online).",
         "PushUserRequest",
         "PushReply",
-        (400, 404, 413, 503),
+        (400, 404, 408, 413, 503),
     ),
     "PushUsers": (
         "Push the same bytes to several users; `missing` lists those not reached.",
         "PushUsersRequest",
         "PushReply",
-        (400, 413, 503),
+        (400, 408, 413, 503),
     ),
     "PushTags": (
         "Push to users with any (or all) of the tags, through the broadcast queue.",
         "PushTagsRequest",
         "QueuedReply",
-        (400, 413, 429),
+        (400, 408, 413, 429),
     ),
     "PushByTag": (
         "Each tag gets its own payload (the original's WTIBroadcast).",
         "PushByTagRequest",
         "QueuedReply",
-        (400, 413, 429),
+        (400, 408, 413, 429),
     ),
     "Broadcast": (
         "Push to every connected user, through the broadcast queue.",
         "BroadcastRequest",
         "QueuedReply",
-        (400, 413, 429),
+        (400, 408, 413, 429),
     ),
     "PushStream": (
         "Many pushes in one request: an NDJSON body, one StreamPush per line. Results "
-        "are listed only for lines with news (a sid, unreached users or an error).",
+        "are listed only for lines with news (a sid, unreached users or an error), "
+        "written while the body is read.",
         "StreamPush",
         "PushStreamReply",
-        (400, 413),
+        (400, 408, 413),
     ),
     "Kick": (
         "Close a user's connection (close code 4502).",
         "KickRequest",
         "Empty",
-        (400, 404, 503),
+        (400, 404, 408, 413, 503),
     ),
     "Presence": ("Is the user online, and where.", None, "PresenceReply", (400, 503)),
     "Retag": (
         "Add and remove tags of a connected user.",
         "RetagRequest",
         "Empty",
-        (400, 404, 503),
+        (400, 404, 408, 413, 503),
     ),
     "Distribution": ("Per-tag online numbers.", None, "DistributionReply", (503,)),
     "Stats": ("Online count and this node's numbers.", None, "StatsReply", (503,)),
@@ -163,7 +168,8 @@ _ERROR_TEXT = {
     400: "malformed JSON or a missing/invalid field (named in the message)",
     401: "missing or wrong API key",
     404: "user not online",
-    413: "payload over max_message_size",
+    408: "the body did not arrive within body_timeout",
+    413: "payload over max_message_size, or the body over its limit",
     429: "broadcast queue over its high-water mark (`queue_length` in the error)",
     503: "the broker is unavailable",
 }

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from .api import PREFIX, api_app
+from .api import PREFIX, api_app, body_limit
 from .front import Edge, FrontSite
+from .quiet import QuietServerLog
 from .websocket import SERVER, websocket
 
 if TYPE_CHECKING:
@@ -46,13 +47,19 @@ class HttpTransport:
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
-        self.app = web.Application()
+        self.app: web.Application | None = None
         self._runner: web.AppRunner | None = None
         self._site: FrontSite | None = None
         self.edge: Edge | None = None
 
     def build_app(self, server: Server) -> web.Application:
-        app = self.app
+        # aiohttp takes the body limit from the root app, not from the sub-app that
+        # serves the API, so the limit is set here; handler_args reach each
+        # connection's RequestHandler: bad requests log one line, no traceback.
+        app = self.app = web.Application(
+            client_max_size=body_limit(server),
+            handler_args={"logger": QuietServerLog()},
+        )
         app[SERVER] = server
         app.router.add_get("/conn", websocket)
         app.router.add_get("/chat", websocket)

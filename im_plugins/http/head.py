@@ -65,25 +65,24 @@ def parse_head(raw: bytes, max_headers: int) -> Head:
     method, target, version = parts
     if version not in VERSIONS:
         raise BadRequest(505 if version.startswith(b"HTTP/") else 400, "unsupported HTTP version")
-    headers: CIMultiDict[str] = CIMultiDict()
+    pairs: list[tuple[str, str]] = []
     if sep:
         fields += b"\r\n"
         if fields.count(b"\r\n") > max_headers:
             raise BadRequest(431, f"too many header fields (at most {max_headers})")
         if not _FIELDS.fullmatch(fields):  # one linear pass; the slow path says why
             _diagnose(fields)
-        for line in fields.split(b"\r\n")[:-1]:
-            name, _, value = line.partition(b":")
-            headers.add(
-                name.decode("ascii"), value.strip(b" \t").decode("utf-8", "surrogateescape")
-            )
+        # Names are ASCII tokens by now; values are read as aiohttp reads them.
+        for line in fields.decode("utf-8", "surrogateescape").split("\r\n")[:-1]:
+            name, _, value = line.partition(":")
+            pairs.append((name, value.strip(" \t")))
     path, _, query = target.partition(b"?")
     return Head(
         method.decode("ascii"),
         path.decode("ascii"),
         query.decode("ascii"),
         version.decode("ascii"),
-        headers,
+        CIMultiDict(pairs),
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from http import HTTPStatus
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
@@ -66,7 +67,7 @@ def http_answer(exc: BadRequest) -> bytes:
     status = exc.status
     body = orjson.dumps(error_body(status, exc.message, exc.code))
     extra = "".join(f"{k}: {v}\r\n" for k, v in exc.headers.items())
-    reason = web.Response(status=status).reason
+    reason = HTTPStatus(status).phrase
     return (
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import functools
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from im_core import CloseCode
@@ -77,6 +79,7 @@ class WsProtocol(asyncio.Protocol):
     """
 
     __slots__ = (
+        "_after",
         "_buf",
         "_closing",
         "_count",
@@ -107,6 +110,9 @@ class WsProtocol(asyncio.Protocol):
         self._text: Any = None  # UTF-8 decoder of a fragmented text message
         self._inbox: deque[tuple[bytes, bool]] | None = None
         self._drain: asyncio.Task[None] | None = None
+        # The end of the connection (a close frame, a protocol error), held back until
+        # the messages before it are handed over: their answers go out before it.
+        self._after: Callable[[], None] | None = None
         self._closing = False  # our close frame is sent: only the client's close matters
         self._lost = False
         self._timer: asyncio.TimerHandle | None = None
@@ -172,6 +178,8 @@ class WsProtocol(asyncio.Protocol):
     # -- reading ---------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self._after is not None:
+            return  # the connection ends once the messages before are handed over
         if self._buf:
             data = self._buf + data
             self._buf = b""
@@ -187,13 +195,26 @@ class WsProtocol(asyncio.Protocol):
             self._buf = b""
             if self._closing:  # broken again while closing: stop waiting
                 self.transport.close()
-                return
-            conn.close(fail.code, str(fail))  # -> self.close(): close frame, wait
-            if fail.final:  # the client's close came already: none will follow
-                self.transport.close()
+            else:
+                self._end(functools.partial(self._fail, fail))
             return
         if used < len(data):
             self._buf = data[used:]
+
+    def _end(self, end: Callable[[], None]) -> None:
+        """End the connection now, or once the messages before are handed over."""
+        if self._drain is None:
+            end()
+        else:
+            self._after = end
+            self._buf = b""
+            self.transport.pause_reading()
+
+    def _fail(self, fail: _Fail) -> None:
+        assert self.conn is not None
+        self.conn.close(fail.code, str(fail))  # -> self.close(): close frame, wait
+        if fail.final:  # the client's close came already: none will follow
+            self.transport.close()
 
     def _parse(self, data: bytes, conn: Connection) -> int:
         """Handle every whole frame in ``data``; return the bytes consumed."""
@@ -253,6 +274,8 @@ class WsProtocol(asyncio.Protocol):
                     return n
                 continue  # after our close frame only the client's close matters
             self._frame(opcode, bool(b0 & 0x80), payload)
+            if self._after is not None:  # a close frame: nothing after it counts
+                return n
         return pos
 
     def _frame(self, opcode: int, fin: bool, payload: bytes) -> None:
@@ -291,25 +314,13 @@ class WsProtocol(asyncio.Protocol):
         elif opcode == OP_PONG:
             pass  # liveness is already refreshed
         elif opcode == OP_CLOSE:
-            self._client_close(payload)
+            self._end(functools.partial(self._answer_close, _close_code(payload)))
         else:
             raise _Fail(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode}")
 
-    def _client_close(self, payload: bytes) -> None:
-        code = CloseCode.NORMAL
-        if len(payload) == 1:
-            raise _Fail(CloseCode.PROTOCOL_ERROR, "close frame with a 1-byte body", final=True)
-        if payload:
-            code = int.from_bytes(payload[:2], "big")
-            if (code < 3000 and code not in _CLIENT_CODES) or code >= 5000:
-                raise _Fail(CloseCode.PROTOCOL_ERROR, f"invalid close code {code}", final=True)
-            try:
-                payload[2:].decode()
-            except UnicodeDecodeError:
-                reason = "close reason is not UTF-8"
-                raise _Fail(CloseCode.INVALID_DATA, reason, final=True) from None
-        # Echo the code and hang up (the server closes TCP first); the connection
-        # closes with the client's code.
+    def _answer_close(self, code: int) -> None:
+        """Echo the client's close code and hang up (the server closes TCP first); the
+        connection closes with the client's code."""
         self._closing = True
         transport = self.transport
         transport.write(close_frame(code))
@@ -338,7 +349,7 @@ class WsProtocol(asyncio.Protocol):
                 paused = len(inbox) >= INBOX_HIGH
                 data, binary = inbox.popleft()
                 await on_frame(conn, data, binary)
-                if paused and len(inbox) < INBOX_HIGH and not self._lost:
+                if paused and len(inbox) < INBOX_HIGH and not self._lost and not self._after:
                     self.transport.resume_reading()
         except Exception:
             log.exception("receive hook failed for %r", conn)
@@ -346,6 +357,26 @@ class WsProtocol(asyncio.Protocol):
         finally:
             self._inbox = None
             self._drain = None
+            end, self._after = self._after, None
+            if end is not None and not conn.closed and not self._lost:
+                self.transport.resume_reading()  # for the client's answer to our close
+                end()
+
+
+def _close_code(payload: bytes) -> int:
+    """The code of a client's close frame; a malformed one fails the connection."""
+    if not payload:
+        return CloseCode.NORMAL
+    if len(payload) == 1:
+        raise _Fail(CloseCode.PROTOCOL_ERROR, "close frame with a 1-byte body", final=True)
+    code = int.from_bytes(payload[:2], "big")
+    if (code < 3000 and code not in _CLIENT_CODES) or code >= 5000:
+        raise _Fail(CloseCode.PROTOCOL_ERROR, f"invalid close code {code}", final=True)
+    try:
+        payload[2:].decode()
+    except UnicodeDecodeError:
+        raise _Fail(CloseCode.INVALID_DATA, "close reason is not UTF-8", final=True) from None
+    return code
 
 
 def _check_utf8(payload: bytes) -> None:

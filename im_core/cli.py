@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 from .options import HELP, Options
-from .plugins import PluginError, get_plugin_manager, plugin_table
+from .plugins import Hooks, PluginError, get_plugin_manager, plugin_table
 from .server import ConfigError, Server
 
 log = logging.getLogger("im")
@@ -44,7 +44,7 @@ def _plugin_options(pm: Any) -> dict[str, dict[str, Any]]:
     def add(name: str, default: Any, help: str, type: Any = str, choices: Any = None) -> None:
         declared[name] = {"default": default, "help": help, "type": type, "choices": choices}
 
-    pm.hook.im_add_options.call_historic(kwargs={"add": add})
+    Hooks(pm).add_options(add)
     return declared
 
 

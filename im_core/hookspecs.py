@@ -7,8 +7,16 @@ hook arguments by name.
 
 Hooks marked *firstresult* stop at the first implementation that returns
 something other than ``None`` (plugins registered later are asked first, so an
-installed plugin overrides a built-in one). *historic* hooks are replayed to
-plugins registered late.
+installed plugin overrides a built-in one); they must return their answer, not a
+coroutine. ``im_validate`` has the same "first answer wins" rule for async
+implementations too (see there). *historic* hooks are replayed to plugins
+registered late.
+
+Hook wrappers (``@hookimpl(wrapper=True)``) see what implementations return: for
+an ``async def`` implementation that is a coroutine, not its result, so they can
+count calls but not time or inspect async results. Instrument the connection
+lifecycle with the hooks themselves (``im_connected``, ``im_disconnected``,
+``im_validate_failed``, the ack hooks).
 """
 
 from __future__ import annotations
@@ -90,16 +98,20 @@ def im_shutdown(server: Server) -> None:
 # --- connections ---------------------------------------------------------------
 
 
-@hookspec(firstresult=True)
+@hookspec
 def im_validate(server: Server, request: ConnectRequest) -> Identity | Reject | None:
     """Authenticate a connection attempt before the WebSocket upgrade.
 
     ``request`` carries the token, query, headers and remote address. Return an
     ``Identity`` (user id, tags, metadata) to accept, a ``Reject`` (status, reason)
     to refuse with that HTTP status and a JSON body, or ``None`` when the request
-    is not yours to judge. If every implementation returns ``None`` the attempt is
-    refused with 401. The default (``im_plugins.token_auth``) accepts any non-empty
-    token as the user id: a development default.
+    is not yours to judge. Implementations are asked in hook call order (plugins
+    registered later first) and the first answer that is not ``None`` decides —
+    also for ``async def`` implementations, which is why this hook is not
+    *firstresult* (pluggy would stop at the first coroutine). If every
+    implementation returns ``None`` the attempt is refused with 401. The default
+    (``im_plugins.token_auth``) accepts any non-empty token as the user id: a
+    development default.
     """
 
 

@@ -126,34 +126,38 @@ async def await_me_maybe(value: T | Awaitable[T] | Callable[[], Any]) -> T:
 
 
 class Hooks:
-    """One method per hook, so the core never calls ``pm.hook.x(**kwargs)`` itself."""
+    """One method per hook, so the core never calls ``pm.hook.x(**kwargs)`` itself.
+
+    Every hook goes through pluggy's hook caller (so ``IM_TRACE_HOOKS`` and hook
+    wrappers see every call), and implementations may be plain or ``async def``.
+    """
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
-        hook = pm.hook
-        self._hook = hook
-        # Per-frame hook: skip the call machinery entirely when nobody listens.
-        self.has_receive = bool(hook.im_receive.get_hookimpls())
+        self._hook = pm.hook
+
+    @property
+    def has_receive(self) -> bool:
+        """Whether anyone implements ``im_receive`` now (a plugin may come late)."""
+        return bool(self._hook.im_receive.get_hookimpls())
 
     def add_options(self, add: Callable[..., None]) -> None:
         self._hook.im_add_options.call_historic(kwargs={"add": add})
 
     def codecs(self) -> dict[str, Codec]:
         found: dict[str, Codec] = {}
-        # Called oldest-first so later plugins override earlier ones.
-        for impl in self._hook.im_register_codecs.get_hookimpls():
-            impl.function(register=lambda c: found.__setitem__(c.name, c))
+        # Plugins registered later are called first: the first codec of a name wins,
+        # so an installed plugin overrides a built-in one.
+        self._hook.im_register_codecs(register=lambda c: found.setdefault(c.name, c))
         return found
 
     def transports(self, server: Server) -> list[Transport]:
         found: list[Transport] = []
-        for impl in self._hook.im_register_transports.get_hookimpls():
-            kwargs = {"register": found.append, "server": server}
-            impl.function(**{k: kwargs[k] for k in impl.argnames})
+        self._hook.im_register_transports(register=found.append, server=server)
         return found
 
     def broker(self, server: Server) -> Broker | None:
-        return self._hook.im_broker(server=server)
+        return self._hook.im_broker(server=server)  # type: ignore[no-any-return]
 
     async def _all(self, caller: Any, **kwargs: Any) -> list[Any]:
         return [await await_me_maybe(r) for r in caller(**kwargs)]
@@ -169,7 +173,22 @@ class Hooks:
                 log.exception("im_shutdown hook failed")
 
     async def validate(self, server: Server, request: ConnectRequest) -> Identity | Reject | None:
-        return await await_me_maybe(self._hook.im_validate(server=server, request=request))
+        """The first answer that is not None, in hook call order (datasette's
+        ``actor_from_request``): an async implementation returning None falls through."""
+        results: list[Any] = self._hook.im_validate(server=server, request=request)
+        answer = None
+        asked = 0
+        try:
+            for result in results:
+                asked += 1
+                answer = await await_me_maybe(result)
+                if answer is not None:
+                    break
+        finally:
+            for later in results[asked:]:  # not asked: their coroutines are dropped
+                if inspect.iscoroutine(later):
+                    later.close()
+        return answer
 
     async def validate_failed(
         self, server: Server, request: ConnectRequest, reject: Reject

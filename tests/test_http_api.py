@@ -81,7 +81,7 @@ async def test_openapi_documents_every_route(server, session) -> None:
     assert doc["openapi"].startswith("3.")
     served = {
         (route.method.lower(), route.resource.canonical)
-        for app in (server.transports[0].app, *_subapps(server))
+        for app in (_http(server).app, *_subapps(server))
         for route in app.router.routes()
         if route.resource is not None
         and route.resource.canonical.startswith(PREFIX)
@@ -98,9 +98,12 @@ async def test_openapi_documents_every_route(server, session) -> None:
                     assert media["schema"]["$ref"].rsplit("/", 1)[1] in schemas
 
 
+def _http(server):
+    return next(t for t in server.transports if t.name == "http")
+
+
 def _subapps(server):
-    http = next(t for t in server.transports if t.name == "http")
-    for resource in http.app.router.resources():
+    for resource in _http(server).app.router.resources():
         sub = getattr(resource, "_app", None)
         if sub is not None:
             yield sub

@@ -57,7 +57,7 @@ def im_register_codecs(register: Callable[[Codec], None]) -> None:
     """Contribute codecs: call ``register(codec)`` for each (see ``im_core.codec.Codec``).
 
     Called once at startup. A codec's ``name`` is what clients ask for with
-    ``?codec=NAME``; a later registration of the same name replaces an earlier one.
+    ``?codec=NAME``; of two codecs with one name, the plugin registered later wins.
     """
 
 
@@ -65,8 +65,9 @@ def im_register_codecs(register: Callable[[Codec], None]) -> None:
 def im_register_transports(register: Callable[[Transport], None], server: Server) -> None:
     """Contribute transports (listeners): call ``register(transport)`` for each.
 
-    Called once at startup; transports are started in registration order and
-    stopped in reverse order. See ``im_core.transport.Transport``.
+    Called once at startup; transports are started in the order they are
+    registered (hook call order: plugins registered later first) and stopped in
+    reverse order. See ``im_core.transport.Transport``.
     """
 
 

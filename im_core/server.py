@@ -13,17 +13,19 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack
 from typing import Any
 
 import attrs
 import pluggy
 
 from .ack import AckOutcome, AckTracker, SidAllocator, Unacked, node_of
+from .broadcast import BroadcastQueue
 from .broker import Broker, Kind, Presence, Push
 from .bucket import Buckets
 from .codec import BadFrame, Codec
 from .connection import Connection, Format, Outbox, Writer
-from .errors import Busy, CloseCode, InvalidArgument, NotFound, PayloadTooLarge
+from .errors import CloseCode, InvalidArgument, NotFound, PayloadTooLarge
 from .identity import ConnectRequest, Identity, Reject
 from .options import MESSAGE_TYPES, Options
 from .plugins import Hooks, get_plugin_manager
@@ -90,26 +92,46 @@ class Server:
         self._formats: dict[tuple[str, bool], Format] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: list[Any] = []
-        self._workers: list[asyncio.Task[None]] = []
         self._conn_ids = itertools.count(1)
-        self._queue: asyncio.Queue[Push] | None = None
-        cap = self.options.broadcast_buffer
-        self._high_water = max(1, int(cap * 0.8))
+        self._stack = AsyncExitStack()
+        opts = self.options
+        self.queue = BroadcastQueue(opts.broadcast_buffer, opts.broadcast_workers, self._publish)
 
     # --- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        """Resolve plugins, connect the broker, start timers, workers and transports."""
+        """Resolve plugins, connect the broker, start timers, workers and transports.
+
+        Each step registers its undo as it succeeds; if a later step fails, what
+        started is undone in reverse order and the exception propagates, so a node
+        that failed to start holds no port, task, timer or broker connection.
+        """
+        stack = AsyncExitStack()
+        try:
+            await self._start(stack)
+        except BaseException:
+            self.stopping = True
+            try:
+                await stack.aclose()
+            finally:
+                self.stopping = False
+            raise
+        self._stack = stack
+        self.started = True
+
+    async def _start(self, stack: AsyncExitStack) -> None:
         loop = asyncio.get_running_loop()
         self.loop = loop
         self.outbox = Outbox(loop)
         self.codecs = self.hooks.codecs()
-        self.default_format = self.format_for(None, None)
+        self.format_for(None, None)  # the default codec must be one that is registered
         broker = self.hooks.broker(self)
         if broker is None:
             raise ConfigError(f"broker: no plugin provides a broker named {self.options.broker!r}")
         self.broker = broker
+        stack.push_async_callback(broker.stop)
         await broker.start(self)
+        stack.push_async_callback(self._wait_tasks)  # they may still need the broker
         self.sids = SidAllocator(self.node_id)
         opts = self.options
         self.acks = AckTracker(
@@ -121,6 +143,7 @@ class Server:
             on_acked=self._acked,
             on_expired=self._ack_expired,
         )
+        stack.callback(self._cancel_timers)
         self._timers = self.buckets.schedule_sweeps(
             loop, opts.sweep_interval, opts.heartbeat_interval, loop.time
         )
@@ -128,44 +151,37 @@ class Server:
         self._every(
             opts.tag_cleanup_interval, lambda: self.tags.cleanup(time.time(), opts.tag_empty_ttl)
         )
-        self._queue = asyncio.Queue(maxsize=opts.broadcast_buffer)
-        self._workers = [
-            loop.create_task(self._broadcast_worker()) for _ in range(opts.broadcast_workers)
-        ]
+        stack.push_async_callback(self.queue.close)
+        self.queue.start()
         self.transports = self.hooks.transports(self)
         for transport in self.transports:
+            stack.push_async_callback(transport.close)  # also undoes a partial start
             await transport.start(self)
-        self.started = True
+        stack.push_async_callback(self.hooks.shutdown, self)
         await self.hooks.startup(self)
 
     async def stop(self) -> None:
         """Graceful shutdown: stop accepting, drain queued pushes, close every
-        connection with 1001, run shutdown hooks, leave the cluster, release."""
+        connection with 1001, then undo the start in reverse: shutdown hooks,
+        transports, workers, timers, background tasks, the broker."""
         if not self.started or self.stopping:
             return
         self.stopping = True
         for transport in reversed(self.transports):
             await transport.stop_accepting()
-        if self._queue is not None:
-            try:
-                await asyncio.wait_for(self._queue.join(), self.options.drain_timeout)
-            except TimeoutError:
-                log.warning("shutdown: %d queued pushes not delivered", self._queue.qsize())
+        left = await self.queue.drain(self.options.drain_timeout)
+        if left:
+            log.warning("shutdown: %d queued pushes not delivered", left)
         for conn in list(self.buckets):
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
-        for worker in self._workers:
-            worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        for handle in self._timers:
-            handle.cancel()
-        await self.hooks.shutdown(self)
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=self.options.drain_timeout)
-        if self.broker is not None:
-            await self.broker.stop()
-        for transport in reversed(self.transports):
-            await transport.close()
-        self.started = False
+        try:
+            await self._stack.aclose()
+        finally:
+            self.started = False
+
+    async def _publish(self, push: Push) -> list[str]:
+        assert self.broker is not None
+        return await self.broker.publish(push)
 
     async def __aenter__(self) -> Server:
         await self.start()
@@ -173,6 +189,14 @@ class Server:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    def _cancel_timers(self) -> None:
+        for handle in self._timers:
+            handle.cancel()
+
+    async def _wait_tasks(self) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.options.drain_timeout)
 
     def _every(self, period: float, fn: Any) -> None:
         index = len(self._timers)
@@ -409,41 +433,21 @@ class Server:
             raise InvalidArgument("data: at least one tag is required")
         for payload in contents.values():
             self._check(payload)
-        self._room(len(contents))
+        self.queue.room(len(contents))
         for tag, payload in contents.items():
             self._queue_push("tags_any", payload, (tag,), False)
         return self.queue_length
 
     @property
     def queue_length(self) -> int:
-        return self._queue.qsize() if self._queue is not None else 0
-
-    def _room(self, n: int) -> None:
-        if self.queue_length + n > self._high_water:
-            raise Busy(
-                f"broadcast queue is busy ({self.queue_length}/{self.options.broadcast_buffer})",
-                self.queue_length,
-            )
+        return len(self.queue)
 
     def _queue_push(self, kind: Kind, payload: bytes, tags: tuple[str, ...], ack: bool) -> Queued:
         self._check(payload)
-        self._room(1)
-        assert self._queue is not None
+        self.queue.room(1)
         sid = self.sids.next() if ack else 0
-        self._queue.put_nowait(Push(kind, bytes(payload), tags=tags, sid=sid))
-        return Queued(sid, self._queue.qsize())
-
-    async def _broadcast_worker(self) -> None:
-        assert self._queue is not None and self.broker is not None
-        queue, broker = self._queue, self.broker
-        while True:
-            push = await queue.get()
-            try:
-                await broker.publish(push)
-            except Exception:
-                log.exception("broadcast failed: %s", push.kind)
-            finally:
-                queue.task_done()
+        length = self.queue.put(Push(kind, bytes(payload), tags=tags, sid=sid))
+        return Queued(sid, length)
 
     # --- queries and control ---------------------------------------------------------
 

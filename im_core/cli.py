@@ -171,7 +171,8 @@ def _plugins_from(argv: Sequence[str]) -> list[str]:
     pre.add_argument("--plugin", action="append", default=[])
     known, _ = pre.parse_known_args(list(argv))
     env = [p.strip() for p in os.environ.get("IM_PLUGINS", "").split(",") if p.strip()]
-    return env + known.plugin
+    named: list[str] = known.plugin
+    return env + named
 
 
 def main(argv: Sequence[str] | None = None) -> int:

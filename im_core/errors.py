@@ -25,10 +25,6 @@ class CloseCode(enum.IntEnum):
     REPLACED = 4501  # the same user logged in again elsewhere: do not fight it
     KICKED = 4502  # removed by a backend
 
-    @property
-    def reconnect(self) -> bool:
-        return self < 4500
-
 
 class ImError(Exception):
     """Base of errors the push APIs turn into a status (gRPC code / HTTP status)."""

@@ -19,7 +19,7 @@ class ConnectRequest:
     path: str = "/conn"
 
 
-def _user_id(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+def _user_id(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     if not isinstance(value, str) or not value:
         raise ValueError("Identity.user_id must be a non-empty string")
 

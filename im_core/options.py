@@ -8,6 +8,7 @@ live in ``Options.plugin``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -17,24 +18,28 @@ CODECS = ("json", "protobuf")
 MESSAGE_TYPES = ("text", "binary")
 
 
-def _positive(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
         raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
 
 
-def _not_negative(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+def _not_negative(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     if value < 0:
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
-def _port(instance: Any, attribute: attrs.Attribute, value: int) -> None:
+def _strings(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+def _port(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
     if not 0 <= value <= 65535:
         raise ValueError(f"{attribute.name} must be a port number 0-65535, got {value!r}")
 
 
 @attrs.define(kw_only=True)
 class Options:
-    """Options of one im node. Defaults follow the original service (FACTS.md)."""
+    """Options of one im node. Defaults follow the original service (its README and behaviour)."""
 
     host: str = attrs.field(default="0.0.0.0", validator=v.instance_of(str))
     http_port: int = attrs.field(default=8080, converter=int, validator=_port)
@@ -94,7 +99,7 @@ class Options:
     broker: str = attrs.field(default="memory", validator=v.instance_of(str))
     node_id: int | None = attrs.field(default=None, converter=attrs.converters.optional(int))
     api_key: str | None = attrs.field(default=None)
-    plugins: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    plugins: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     plugin: dict[str, Any] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:

@@ -491,10 +491,9 @@ class Server:
                 if conn is None:
                     missing.append(user)
                     continue
-                fmt = conn.fmt
-                frame = cache.get(fmt)
+                frame = cache.get(conn.fmt)
                 if frame is None:
-                    frame = cache[fmt] = fmt.build(sid, payload)
+                    frame = cache[conn.fmt] = conn.fmt.build(sid, payload)
                 if not conn.send(frame):
                     missing.append(user)
                 elif track is not None:

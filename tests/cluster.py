@@ -13,14 +13,29 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+import pytest
 
 from im_core import Server
 from im_core.broker import Push
 
 REDIS_URL = os.environ.get("IM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 NATS_URL = os.environ.get("IM_TEST_NATS_URL", "nats://127.0.0.1:4222")
+
+
+def require_broker(broker: str) -> None:
+    """Skip, with the reason, where the broker does not answer; fail instead where
+    ``IM_TEST_REQUIRE_BROKERS`` is set (CI starts both, so a skip would hide a bug)."""
+    url = urlsplit(REDIS_URL if broker == "redis" else NATS_URL)
+    try:
+        socket.create_connection((url.hostname, url.port), timeout=1).close()
+    except OSError as exc:
+        reason = f"{broker} is not reachable at {url.hostname}:{url.port} ({exc})"
+        if os.environ.get("IM_TEST_REQUIRE_BROKERS"):
+            pytest.fail(reason)
+        pytest.skip(reason)
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ from im_core import Server, hookimpl
 from im_core.ack import node_of
 from im_core.errors import CloseCode
 
-from .cluster import broker_options, cleanup, new_prefix, record_deliveries
+from .cluster import broker_options, cleanup, new_prefix, record_deliveries, require_broker
 from .conftest import MakeServer, eventually, http_url
 
 Connect = Callable[..., Awaitable[Client]]
@@ -26,6 +26,7 @@ Node = Callable[..., Awaitable[Server]]
 async def node(request: pytest.FixtureRequest, make_server: MakeServer) -> AsyncIterator[Node]:
     """Start nodes of one cluster (a private broker prefix, cleaned up afterwards)."""
     broker, prefix = request.param, new_prefix()
+    require_broker(broker)
     started: list[Server] = []
 
     async def make(**kw: Any) -> Server:

@@ -20,7 +20,7 @@ from im_plugins.pb import im_v1_pb2 as pb
 from im_plugins.pb import im_v1_pb2_grpc
 
 from .api_clients import http_base
-from .cluster import broker_options, cleanup, new_prefix
+from .cluster import broker_options, cleanup, new_prefix, require_broker
 from .conftest import MakeServer, eventually
 from .test_api_streams import next_event
 from .test_cluster import visible
@@ -54,6 +54,7 @@ class Hooks:
 async def node(request: pytest.FixtureRequest, make_server: MakeServer) -> AsyncIterator[Node]:
     """``node(**options)``: a node of one private cluster; ``node.hooks[server]``."""
     broker, prefix = request.param, new_prefix()
+    require_broker(broker)
     started: list[Server] = []
     hooks: dict[Server, Hooks] = {}
 

@@ -13,7 +13,14 @@ from im_client import Client
 from im_core import Server
 from im_core.errors import Unavailable
 
-from .cluster import BrokerProcess, NodeProcess, broker_options, cleanup, new_prefix
+from .cluster import (
+    BrokerProcess,
+    NodeProcess,
+    broker_options,
+    cleanup,
+    new_prefix,
+    require_broker,
+)
 from .conftest import MakeServer, eventually, http_url
 
 Connect = Callable[..., Awaitable[Client]]
@@ -23,6 +30,7 @@ TTL = 1.0
 
 @pytest.fixture(params=["redis", "nats"])
 def broker(request: pytest.FixtureRequest) -> str:
+    require_broker(request.param)
     return str(request.param)
 
 
@@ -62,6 +70,7 @@ async def test_killed_node_drops_out_within_the_ttl(broker: str, make_server: Ma
         killed = loop.time()
         # A dead node answers no push: at once "not online" (no subscriber left).
         assert (await here.push("user0", b"lost?")).missing == ("user0",)
+
         # Gone from the count and from presence (two reads of the broker: wait for both).
         async def gone() -> bool:
             return await _count(here, 1) and await here.presence("user0") is None

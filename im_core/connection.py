@@ -3,7 +3,7 @@
 A connection does no I/O of its own and owns no task. Fan-out calls ``send`` with
 prepared frame bytes; frames queue in a list and the server's outbox writes each
 connection's queue in one ``transport.write`` per loop iteration (write coalescing).
-The transport plugin that accepted the socket reads it and calls ``server.on_frame``.
+The transport plugin that accepted the socket reads it and calls ``server.connections.on_frame``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class Writer(Protocol):
 
 #: Closes the transport with a close code and reason. It may return an awaitable
 #: that completes once every message the client sent before the close was handed
-#: to ``Server.on_frame`` (the disconnect hook waits for it), or None.
+#: to ``server.connections.on_frame`` (the disconnect hook waits for it), or None.
 Closer = Callable[[int, str], "Awaitable[Any] | None"]
 
 

@@ -9,10 +9,9 @@ iteration.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
-from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -23,24 +22,16 @@ from .ack import AckOutcome, AckTracker, SidAllocator, Unacked, node_of
 from .broadcast import BroadcastQueue
 from .broker import Broker, Kind, Presence, Push
 from .bucket import Buckets
-from .codec import BadFrame, Codec
-from .connection import Connection, Format, Outbox, Writer
+from .codec import Codec
+from .connection import Connection, Format, Outbox
+from .connections import Connections, presence_of
 from .errors import CloseCode, InvalidArgument, NotFound, PayloadTooLarge
-from .identity import ConnectRequest, Identity, Reject
-from .options import MESSAGE_TYPES, Options
+from .options import Options
 from .plugins import Hooks, get_plugin_manager
 from .tags import TagIndex, TagStat
 from .transport import Transport
 
 log = logging.getLogger("im.server")
-
-
-class Rejected(Exception):
-    """A connection attempt the validate hook refused."""
-
-    def __init__(self, reject: Reject) -> None:
-        super().__init__(reject.reason)
-        self.reject = reject
 
 
 class ConfigError(Exception):
@@ -89,11 +80,10 @@ class Server:
         self.transports: list[Transport] = []
         self.started = False
         self.stopping = False
-        self._formats: dict[tuple[str, bool], Format] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: list[Any] = []
-        self._conn_ids = itertools.count(1)
         self._stack = AsyncExitStack()
+        self.connections = Connections(self)
         opts = self.options
         self.queue = BroadcastQueue(opts.broadcast_buffer, opts.broadcast_workers, self._publish)
 
@@ -124,7 +114,7 @@ class Server:
         self.loop = loop
         self.outbox = Outbox(loop)
         self.codecs = self.hooks.codecs()
-        self.format_for(None, None)  # the default codec must be one that is registered
+        self.connections.format_for(None, None)  # the default codec must be registered
         broker = self.hooks.broker(self)
         if broker is None:
             raise ConfigError(f"broker: no plugin provides a broker named {self.options.broker!r}")
@@ -221,136 +211,6 @@ class Server:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", exc_info=task.exception())
-
-    # --- connection admission (called by transports) -----------------------------
-
-    async def authenticate(self, request: ConnectRequest) -> Identity:
-        """Run the validate hook; raise ``Rejected`` unless it returns an Identity."""
-        result = await self.hooks.validate(self, request)
-        if isinstance(result, Identity):
-            opts = self.options
-            if len(result.user_id) > opts.max_user_id_length:
-                result = Reject(f"user id longer than {opts.max_user_id_length} characters", 400)
-            elif len(result.tags) > opts.max_tags:
-                result = Reject(f"more than {opts.max_tags} tags", 400)
-            else:
-                return result
-        if not isinstance(result, Reject):
-            result = Reject("no validate plugin accepted the credentials", 401)
-        await self.hooks.validate_failed(self, request, result)
-        raise Rejected(result)
-
-    def format_for(self, codec: str | None, message_type: str | None) -> Format:
-        """The frame format a connection asked for (``None`` = server default)."""
-        name = codec or self.options.codec
-        found = self.codecs.get(name)
-        if found is None:
-            raise InvalidArgument(f"codec: unknown codec {name!r} (known: {sorted(self.codecs)})")
-        if message_type is None:
-            binary = self.options.message_type == "binary" or not found.text_safe
-        elif message_type in MESSAGE_TYPES:
-            binary = message_type == "binary"
-        else:
-            raise InvalidArgument(f"message_type: must be one of {MESSAGE_TYPES}")
-        if not binary and not found.text_safe:
-            raise InvalidArgument(f"message_type: codec {name!r} needs binary frames")
-        key = (name, binary)
-        fmt = self._formats.get(key)
-        if fmt is None:
-            fmt = self._formats[key] = Format(found, binary)
-        return fmt
-
-    async def attach(
-        self,
-        identity: Identity,
-        fmt: Format,
-        transport: Writer,
-        closer: Any,
-        remote: str | None = None,
-    ) -> Connection:
-        """Register an upgraded socket; replace any older login of the same user."""
-        opts = self.options
-        conn = Connection(
-            conn_id=f"{self.node_id}-{next(self._conn_ids)}",
-            user_id=identity.user_id,
-            tags=set(),
-            meta=dict(identity.meta),
-            fmt=fmt,
-            transport=transport,
-            closer=closer,
-            outbox=self.outbox,
-            on_close=self._detach,
-            now=self.loop.time(),
-            limit_frames=opts.client_buffer,
-            limit_bytes=opts.client_buffer_bytes,
-            remote=remote,
-        )
-        old = self.buckets.add(conn)
-        if old is not None:
-            old.close(CloseCode.REPLACED, "replaced by a new login")
-        self.tags.add(conn, identity.tags, time.time())
-        assert self.broker is not None
-        # Taken before the broker runs: entries another node hands over while we
-        # register are re-sent as they are adopted, not twice.
-        pending = self.acks.pending(conn.user_id)
-        try:
-            await self.broker.connected(self._presence(conn))
-            await self.hooks.connected(self, conn)
-        except Exception:
-            conn.close(CloseCode.INTERNAL_ERROR, "server error while connecting")
-            raise
-        for entry in pending:
-            if entry.done:
-                continue
-            if conn.send(fmt.build(entry.sid, entry.payload)):
-                self.acks.redelivered(entry)
-        return conn
-
-    def _presence(self, conn: Connection) -> Presence:
-        return Presence(
-            conn.user_id, self.node_id, conn.conn_id, tuple(sorted(conn.tags)), conn.connected_at
-        )
-
-    def _detach(
-        self, conn: Connection, code: int, reason: str, received: Awaitable[Any] | None
-    ) -> None:
-        """Every closed connection passes here once (``Connection.close``).
-
-        ``received`` (from the transport's closer) completes once every message the
-        client sent before the close went to ``im_receive``; the disconnect hook
-        waits for it.
-        """
-        if self.buckets.remove(conn) and self.broker is not None:
-            self.spawn(self.broker.disconnected(self._presence(conn)))
-        self.tags.leave_all(conn)
-        self.spawn(self._disconnected(conn, code, reason, received))
-
-    async def _disconnected(
-        self, conn: Connection, code: int, reason: str, received: Awaitable[Any] | None
-    ) -> None:
-        if received is not None:
-            await received
-        await self.hooks.disconnected(self, conn, code, reason)
-
-    async def on_frame(self, conn: Connection, data: bytes, binary: bool = False) -> None:
-        """A data message from a client (the transport already refreshed liveness).
-
-        Transports call it in arrival order, also for messages that arrived before
-        the connection closed (``im_disconnected`` waits for them).
-        """
-        try:
-            frame = conn.fmt.codec.decode_client(data)
-        except BadFrame as exc:
-            conn.close(CloseCode.BAD_FRAME, f"bad frame: {exc}")
-            return
-        for sid in frame.acks:
-            self.acks.ack(conn.user_id, sid)
-        if frame.data is not None and self.hooks.has_receive:
-            try:
-                await self.hooks.receive(self, conn, frame.data, binary)
-            except Exception:
-                # One failing message must not cost the user the connection.
-                log.exception("im_receive failed for %s", conn.user_id)
 
     # --- acks ------------------------------------------------------------------------
 
@@ -517,7 +377,7 @@ class Server:
 
     def local_presence(self, user_id: str) -> Presence | None:
         conn = self.buckets.get(user_id)
-        return None if conn is None else self._presence(conn)
+        return None if conn is None else presence_of(conn, self.node_id)
 
     def local_count(self) -> int:
         return len(self.buckets)

@@ -122,7 +122,8 @@ async def open_reader(server: Server, edge: Edge) -> tuple[WsProtocol, Wire, str
     wire = Wire()
     ws = WsProtocol(edge, wire, UNCOUNTED)  # type: ignore[arg-type]
     user = f"fuzz-{next(_users)}"
-    conn = await server.attach(Identity(user), server.format_for("raw", None), wire, ws.close)
+    fmt = server.connections.format_for("raw", None)
+    conn = await server.connections.attach(Identity(user), fmt, wire, ws.close)
     ws.start(conn)
     return ws, wire, user
 

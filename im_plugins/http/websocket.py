@@ -20,8 +20,9 @@ from aiohttp import web
 
 from im_core import ConnectRequest, Identity
 from im_core.connection import Format
+from im_core.connections import Rejected
 from im_core.errors import ImError
-from im_core.server import Rejected, Server
+from im_core.server import Server
 
 from .errors import json_error
 from .head import BadRequest, accept_key, check_request
@@ -41,8 +42,8 @@ async def admit(server: Server, connect: ConnectRequest) -> tuple[Identity, Form
         raise BadRequest(503, "server is shutting down")
     query = connect.query
     try:
-        identity = await server.authenticate(connect)
-        fmt = server.format_for(query.get("codec"), query.get("message_type"))
+        identity = await server.connections.authenticate(connect)
+        fmt = server.connections.format_for(query.get("codec"), query.get("message_type"))
     except Rejected as exc:
         raise BadRequest(exc.reject.status, exc.reject.reason) from None
     except ImError as exc:
@@ -73,7 +74,7 @@ async def register(
 ) -> None:
     """Hand the upgraded socket to the core; frames read meanwhile follow."""
     try:
-        conn = await server.attach(identity, fmt, ws.transport, ws.close, remote)
+        conn = await server.connections.attach(identity, fmt, ws.transport, ws.close, remote)
     except Exception:
         log.exception("connecting %s failed", identity.user_id)
         ws.abandon()

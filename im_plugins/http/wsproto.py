@@ -16,7 +16,7 @@ connection, and messages waiting for ``im_receive`` (reading pauses). Text
 messages are checked for UTF-8 as they arrive (fragment by fragment).
 
 Every data message that arrived before a close, a protocol error or a lost
-socket goes to ``Server.on_frame`` in order; ``close`` returns the task doing
+socket goes to ``server.connections.on_frame`` in order; ``close`` returns the task doing
 that, so the core runs the disconnect hook after it.
 """
 
@@ -75,7 +75,7 @@ class WsProtocol(asyncio.Protocol):
     """Reads one client's frames and owns its close handshake.
 
     Lifecycle: created at the upgrade (frames are buffered), ``start(conn)`` once the
-    core registered the connection, then messages go to ``server.on_frame`` in order.
+    core registered the connection, then messages go to ``server.connections.on_frame`` in order.
     """
 
     __slots__ = (
@@ -343,7 +343,7 @@ class WsProtocol(asyncio.Protocol):
     async def _drain_inbox(self) -> None:
         inbox, conn = self._inbox, self.conn
         assert inbox is not None and conn is not None
-        on_frame = self._edge.server.on_frame
+        on_frame = self._edge.server.connections.on_frame
         try:
             while inbox:
                 paused = len(inbox) >= INBOX_HIGH

@@ -46,7 +46,6 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("protobuf_codec", "im_plugins.protobuf_codec"),
     ("token_auth", "im_plugins.token_auth"),
     ("http", "im_plugins.http"),
-    ("ack_events", "im_plugins.ack_events"),
     ("grpc", "im_plugins.grpc"),
 )
 

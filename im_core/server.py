@@ -26,6 +26,7 @@ from .connection import Connection, Format, Outbox, Writer
 from .errors import Busy, CloseCode, InvalidArgument, NotFound, PayloadTooLarge
 from .identity import ConnectRequest, Identity, Reject
 from .options import MESSAGE_TYPES, Options
+from .outcomes import OutcomeFeed
 from .plugins import Hooks, get_plugin_manager
 from .tags import TagIndex, TagStat
 from .transport import Transport
@@ -83,6 +84,7 @@ class Server:
         self.codecs: dict[str, Codec] = {}
         self.buckets = Buckets(self.options.bucket_number)
         self.tags = TagIndex()
+        self.outcomes = OutcomeFeed()
         self.broker: Broker | None = None
         self.transports: list[Transport] = []
         self.started = False
@@ -158,6 +160,7 @@ class Server:
         await asyncio.gather(*self._workers, return_exceptions=True)
         for handle in self._timers:
             handle.cancel()
+        self.outcomes.close()  # ends the APIs' ack event streams
         await self.hooks.shutdown(self)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self.options.drain_timeout)
@@ -558,6 +561,7 @@ class Server:
                     self.acks.redelivered(entry)
 
     def ack_outcome(self, outcome: AckOutcome) -> None:
+        self.outcomes.publish(outcome)
         self.spawn(self.hooks.ack_outcome(self, outcome))
 
     # --- stats -------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 import grpc
 
 from im_core.errors import ImError, InvalidArgument, NotFound
-from im_plugins.ack_events import feed_for
 from im_plugins.pb import im_v1_pb2 as pb
 from im_plugins.pb import im_v1_pb2_grpc
 
@@ -167,7 +166,7 @@ class ImServicer(im_v1_pb2_grpc.ImServicer):
     async def AckEvents(
         self, request: pb.AckEventsRequest, context: Context
     ) -> AsyncIterator[pb.AckEvent]:
-        subscription = feed_for(self.server).subscribe()
+        subscription = self.server.outcomes.subscribe()
         try:
             await context.send_initial_metadata(())  # tells the caller it is subscribed
             async for event in subscription:

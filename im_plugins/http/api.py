@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
+from im_core.ack import AckOutcome
 from im_core.errors import (
     Busy,
     ImError,
@@ -28,7 +29,6 @@ from im_core.errors import (
     Unauthenticated,
 )
 from im_core.server import Server
-from im_plugins.ack_events import AckEvent, feed_for
 from im_plugins.api_key import key_matches
 from im_plugins.limits import request_limit
 
@@ -445,7 +445,7 @@ async def ack_events(request: web.Request) -> web.StreamResponse:
     A comment line every ``SSE_KEEPALIVE`` seconds keeps proxies from timing the
     stream out and finds a subscriber that went away (the write fails).
     """
-    subscription = feed_for(request.app[API_SERVER]).subscribe()
+    subscription = request.app[API_SERVER].outcomes.subscribe()
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
@@ -472,7 +472,7 @@ async def ack_events(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def _event_json(event: AckEvent) -> dict[str, Any]:
+def _event_json(event: AckOutcome) -> dict[str, Any]:
     return {
         "outcome": event.outcome,
         "user": event.user_id,

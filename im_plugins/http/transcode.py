@@ -101,7 +101,7 @@ def _scalar(field: FieldDescriptor) -> tuple[Callable[[Any], bool], str, Callabl
         names = enum_names(field.enum_type)
         quoted = [repr(n) for n in names]
         what = " or ".join([", ".join(quoted[:-1]), quoted[-1]]) if len(quoted) > 1 else quoted[0]
-        return (lambda v: v in names), what, names.__getitem__
+        return (lambda v: isinstance(v, str) and v in names), what, names.__getitem__
     raise TypeError(f"{field.full_name}: no JSON form for this field type")
 
 

@@ -186,9 +186,7 @@ class Hooks:
         )
 
     async def receive(self, server: Server, conn: Connection, data: bytes, binary: bool) -> None:
-        await self._all(
-            self._hook.im_receive, server=server, conn=conn, data=data, binary=binary
-        )
+        await self._all(self._hook.im_receive, server=server, conn=conn, data=data, binary=binary)
 
     async def acked(self, server: Server, user_id: str, sid: int) -> None:
         await self._all(self._hook.im_acked, server=server, user_id=user_id, sid=sid)

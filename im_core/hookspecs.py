@@ -182,6 +182,6 @@ def im_ack_outcome(server: Server, outcome: AckOutcome) -> None:
 
     Fires on the node that allocated the sid, whichever node tracked the receipt:
     the tracking node sends it there through the broker (best effort: lost if that
-    node is gone or the broker is unreachable). The ack event streams of the push
-    APIs are fed from this hook.
+    node is gone or the broker is unreachable). The push APIs' ack event streams
+    get the same outcome from ``Server.outcomes``, not from this hook.
     """

@@ -46,7 +46,6 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("protobuf_codec", "im_plugins.protobuf_codec"),
     ("token_auth", "im_plugins.token_auth"),
     ("http", "im_plugins.http"),
-    ("ack_events", "im_plugins.ack_events"),
     ("grpc", "im_plugins.grpc"),
 )
 
@@ -206,9 +205,7 @@ class Hooks:
         )
 
     async def receive(self, server: Server, conn: Connection, data: bytes, binary: bool) -> None:
-        await self._all(
-            self._hook.im_receive, server=server, conn=conn, data=data, binary=binary
-        )
+        await self._all(self._hook.im_receive, server=server, conn=conn, data=data, binary=binary)
 
     async def acked(self, server: Server, user_id: str, sid: int) -> None:
         await self._all(self._hook.im_acked, server=server, user_id=user_id, sid=sid)

@@ -27,6 +27,7 @@ from .connection import Connection, Format, Outbox
 from .connections import Connections, presence_of
 from .errors import CloseCode, InvalidArgument, NotFound, PayloadTooLarge
 from .options import Options
+from .outcomes import OutcomeFeed
 from .plugins import Hooks, get_plugin_manager
 from .tags import TagIndex, TagStat
 from .transport import Transport
@@ -76,6 +77,7 @@ class Server:
         self.codecs: dict[str, Codec] = {}
         self.buckets = Buckets(self.options.bucket_number)
         self.tags = TagIndex()
+        self.outcomes = OutcomeFeed()
         self.broker: Broker | None = None
         self.transports: list[Transport] = []
         self.started = False
@@ -164,6 +166,7 @@ class Server:
             log.warning("shutdown: %d queued pushes not delivered", left)
         for conn in list(self.buckets):
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
+        self.outcomes.close()  # ends the APIs' ack event streams
         try:
             await self._stack.aclose()
         finally:
@@ -421,6 +424,7 @@ class Server:
                     self.acks.redelivered(entry)
 
     def ack_outcome(self, outcome: AckOutcome) -> None:
+        self.outcomes.publish(outcome)
         self.spawn(self.hooks.ack_outcome(self, outcome))
 
     # --- stats -------------------------------------------------------------------------

@@ -10,8 +10,7 @@ import grpc
 import orjson
 import pytest
 
-from im_plugins import ack_events
-from im_plugins.ack_events import feed_for
+from im_core.ack import AckOutcome
 from im_plugins.http import api as api_module
 from im_plugins.pb import im_v1_pb2 as pb
 from im_plugins.pb import im_v1_pb2_grpc
@@ -138,7 +137,7 @@ async def test_grpc_ack_events_acked_and_expired(make_server, connect, channel) 
     assert (second.outcome, second.sid, second.data) == (pb.EXPIRED, expired.sid, b"b")
     assert (second.reason, second.tries) == ("max_tries", 1)
     events.cancel()
-    await eventually(lambda: not feed_for(server).subscribers)
+    await eventually(lambda: not server.outcomes.subscribers)
 
 
 async def test_http_ack_events_are_server_sent_events(
@@ -167,7 +166,7 @@ async def test_http_ack_events_are_server_sent_events(
     assert events[1][0] == "expired"
     assert events[1][1]["sid"] == sid_b and events[1][1]["reason"] == "max_tries"
     assert base64.b64decode(events[1][1]["data_b64"]) == b"b"
-    await eventually(lambda: not feed_for(server).subscribers)
+    await eventually(lambda: not server.outcomes.subscribers)
 
 
 async def test_ack_event_streams_end_on_shutdown(make_server, channel, session) -> None:
@@ -184,13 +183,13 @@ async def test_ack_event_streams_end_on_shutdown(make_server, channel, session) 
     sse.close()
 
 
-async def test_slow_subscriber_is_told_it_fell_behind(server, channel, monkeypatch) -> None:
-    monkeypatch.setattr(ack_events, "QUEUE_LIMIT", 3)
+async def test_slow_subscriber_is_told_it_fell_behind(server, channel) -> None:
+    server.outcomes.limit = 3
     stub = im_v1_pb2_grpc.ImStub(channel(server))
     events = stub.AckEvents(pb.AckEventsRequest())
     await events.initial_metadata()
     for sid in range(1, 10):  # nobody reads while these arrive
-        feed_for(server).publish(ack_events.AckEvent("acked", "alice", sid))
+        server.outcomes.publish(AckOutcome("acked", "alice", sid))
     got = []
     with pytest.raises(grpc.aio.AioRpcError) as err:
         async for event in events:
@@ -198,3 +197,31 @@ async def test_slow_subscriber_is_told_it_fell_behind(server, channel, monkeypat
     assert got == [1, 2, 3]
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "subscribe again" in err.value.details()
+
+
+@pytest.mark.parametrize("names", [(), ("no:ack_events",)], ids=["defaults", "no-ack_events"])
+async def test_ack_streams_are_a_core_service(
+    make_server, connect, channel, session, names
+) -> None:
+    """Outcomes stream and streams end at shutdown with any plugin list: the feed is
+    the server's, not a plugin's (``no:ack_events`` was once a silent, dead stream)."""
+    server = await make_server(names=names)
+    alice = await connect(server, "alice")
+    await online(server, alice)
+    stub = im_v1_pb2_grpc.ImStub(channel(server))
+    events = stub.AckEvents(pb.AckEventsRequest())
+    await events.initial_metadata()
+    sse = await session.get(http_base(server) + "/api/v1/ack_events")
+    assert await sse.content.readline() == b": subscribed\n"
+    await sse.content.readline()
+    sid = await server.push_one("alice", b"a", ack=True)
+    await alice.ack((await alice.receive()).sid)
+    got = await asyncio.wait_for(events.read(), 5)
+    assert (got.outcome, got.sid) == (pb.ACKED, sid)
+    name, data = await asyncio.wait_for(next_event(sse), 5)
+    assert (name, data["sid"]) == ("acked", sid)
+    started = asyncio.get_running_loop().time()
+    await server.stop()
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert await events.code() == grpc.StatusCode.OK
+    sse.close()

@@ -15,7 +15,6 @@ from im_client import Client
 from im_core import Server, hookimpl
 from im_core.ack import AckOutcome, node_of
 from im_core.errors import CloseCode
-from im_plugins.ack_events import feed_for
 from im_plugins.pb import im_v1_pb2 as pb
 from im_plugins.pb import im_v1_pb2_grpc
 
@@ -191,7 +190,7 @@ async def test_expired_outcomes_reach_the_pushing_node(
     assert expired[0][2] == 3 and second.tries == expired[1][2] >= 1
     assert hooks_of(node, b).outcomes == []  # reported where the sid came from only
     events.cancel()
-    await eventually(lambda: not feed_for(a).subscribers)
+    await eventually(lambda: not a.outcomes.subscribers)
 
 
 async def test_outcomes_are_reported_once_on_a_single_node(

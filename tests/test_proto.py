@@ -36,6 +36,8 @@ def _from_sources(tmp_path: Path) -> dict[str, descriptor_pb2.FileDescriptorProt
 def _normalized(file: descriptor_pb2.FileDescriptorProto) -> descriptor_pb2.FileDescriptorProto:
     """Without what only some generators keep: comments and derived JSON names."""
     file.ClearField("source_code_info")
+    for extension in file.extension:
+        extension.ClearField("json_name")
     messages = list(file.message_type)
     while messages:
         message = messages.pop()

@@ -1,39 +1,36 @@
-"""The HTTP push API under ``/api/v1/``: one route per method of ``im.v1.Im``
-(``proto/im_v1.proto``), JSON fields named as the proto fields. A bytes field
-``data`` travels as ``data_b64`` (base64) or ``text`` (UTF-8). Each handler calls
-the core once; errors are ``{"error": {"code", "message"}}`` (docs/api.md).
+"""The HTTP push API under ``/api/v1/``, derived from ``im.v1.Im``
+(``proto/im_v1.proto``): one route per method, named as the method in snake case;
+a JSON body (or query) is decoded into the method's request message
+(``transcode.py``: proto field names, ``data`` as ``data_b64`` or ``text``), served
+by the same implementation as gRPC (``im_plugins.push_api.methods``), and the reply
+message encoded back. Errors are ``{"error": {"code", "message"}}`` (docs/api.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-import attrs
 import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
+from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
 
-from im_core.errors import (
-    Busy,
-    ImError,
-    InvalidArgument,
-    NotFound,
-    PayloadTooLarge,
-    Unauthenticated,
-)
+from im_core.errors import Busy, ImError, InvalidArgument, PayloadTooLarge, Unauthenticated
 from im_core.server import Server
-from im_plugins.ack_events import AckEvent, feed_for
 from im_plugins.api_key import key_matches
 from im_plugins.limits import request_limit
+from im_plugins.pb import im_v1_pb2 as pb
+from im_plugins.push_api.methods import ImMethods, ack_event
 
 from .errors import json_error
 from .openapi import document
+from .transcode import decode, encode
 
 log = logging.getLogger("im.http.api")
 
@@ -44,8 +41,11 @@ WRITE_BATCH = 1024
 
 PREFIX = "/api/v1"
 API_SERVER = web.AppKey("api_server", Server)
+API_METHODS = web.AppKey("api_methods", ImMethods)
 API_KEY = web.AppKey("api_key", bytes)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Push = Callable[[pb.StreamPush], Awaitable[tuple[int, Sequence[str]]]]
+SERVICE = pb.DESCRIPTOR.services_by_name["Im"]
 
 
 class RequestTimeout(ImError):
@@ -75,83 +75,13 @@ def error_response(exc: ImError) -> web.Response:
 # --- request bodies -----------------------------------------------------------------
 
 
-class Body:
-    """A JSON object whose accessors raise ``InvalidArgument`` naming the field."""
-
-    __slots__ = ("data", "where")
-
-    def __init__(self, data: Any, where: str = "", what: str = "") -> None:
-        """``where`` prefixes field names (``contents.v1``); ``what`` names the object."""
-        if not isinstance(data, dict):
-            raise InvalidArgument(f"{what or where or 'body'}: must be a JSON object")
-        self.data = data
-        self.where = where
-
-    def _name(self, name: str) -> str:
-        return f"{self.where}.{name}" if self.where else name
-
-    def string(self, name: str) -> str:
-        value = self.data.get(name)
-        if not isinstance(value, str) or not value:
-            raise InvalidArgument(f"{self._name(name)}: required (non-empty string)")
-        return value
-
-    def optional_string(self, name: str) -> str:
-        value = self.data.get(name, "")
-        if not isinstance(value, str):
-            raise InvalidArgument(f"{self._name(name)}: must be a string")
-        return value
-
-    def strings(self, name: str, required: bool = True) -> list[str]:
-        value = self.data.get(name, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise InvalidArgument(f"{self._name(name)}: must be a list of strings")
-        if required and not value:
-            raise InvalidArgument(f"{self._name(name)}: required (at least one)")
-        return value
-
-    def flag(self, name: str) -> bool:
-        value = self.data.get(name, False)
-        if not isinstance(value, bool):
-            raise InvalidArgument(f"{self._name(name)}: must be true or false")
-        return value
-
-    def match(self) -> str:
-        value = self.data.get("match", "any")
-        if value not in ("any", "all"):
-            raise InvalidArgument(f"{self._name('match')}: must be 'any' or 'all'")
-        return value
-
-    def payload(self) -> bytes:
-        """The bytes of ``data_b64`` or ``text`` (exactly one of them)."""
-        b64, text = self.data.get("data_b64"), self.data.get("text")
-        if (b64 is None) == (text is None):
-            raise InvalidArgument(
-                f"{self._name('data_b64')} or {self._name('text')}: exactly one is required"
-            )
-        if text is not None:
-            if not isinstance(text, str) or not text:
-                raise InvalidArgument(f"{self._name('text')}: must be a non-empty string")
-            return text.encode()
-        if not isinstance(b64, str) or not b64:
-            raise InvalidArgument(f"{self._name('data_b64')}: must be a non-empty base64 string")
-        try:
-            return base64.b64decode(b64, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidArgument(f"{self._name('data_b64')}: not valid base64") from None
-
-
-def parse(raw: bytes, what: str = "body") -> Body:
-    """A JSON object from ``raw``; ``what`` names it in errors (the body, a line)."""
+def parse(raw: bytes, cls: type[Message], what: str = "body") -> Any:
+    """The message ``cls`` from the JSON in ``raw``; ``what`` names it in errors."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidArgument(f"{what}: malformed JSON ({exc})") from None
-    return Body(data, what=what)
-
-
-async def read_body(request: web.Request) -> Body:
-    return parse(await read_whole(request))
+    return decode(data, cls, what=what)
 
 
 async def read_whole(request: web.Request) -> bytes:
@@ -194,45 +124,25 @@ def _too_large(what: str, limit: int) -> PayloadTooLarge:
 # --- handlers: one per im.v1.Im method ---------------------------------------------------
 
 
-async def ping(request: web.Request) -> web.Response:
-    return reply({"node_id": request.app[API_SERVER].node_id})
+def unary(method: MethodDescriptor, verb: str) -> Handler:
+    """The handler of a unary method: the request message from the JSON body (POST)
+    or the query (GET), the shared implementation, the reply message as JSON."""
+    cls = GetMessageClass(method.input_type)
+    name = method.name
+    if verb == "POST":
 
+        async def post(request: web.Request) -> web.Response:
+            message = parse(await read_whole(request), cls)
+            return reply(encode(await getattr(request.app[API_METHODS], name)(message)))
 
-async def push_user(request: web.Request) -> web.Response:
-    body = await read_body(request)
-    user, data = body.string("user"), body.payload()
-    sid = await request.app[API_SERVER].push_one(user, data, ack=body.flag("ack"))
-    return reply({"sid": sid, "missing": []})
+        return post
+    has_fields = bool(method.input_type.fields)
 
+    async def get(request: web.Request) -> web.Response:
+        message = decode(dict(request.query), cls, what="query") if has_fields else cls()
+        return reply(encode(await getattr(request.app[API_METHODS], name)(message)))
 
-async def push_users(request: web.Request) -> web.Response:
-    body = await read_body(request)
-    users, data = body.strings("users"), body.payload()
-    result = await request.app[API_SERVER].push(users, data, ack=body.flag("ack"))
-    return reply({"sid": result.sid, "missing": list(result.missing)})
-
-
-async def push_tags(request: web.Request) -> web.Response:
-    body = await read_body(request)
-    tags, match, data = body.strings("tags"), body.match(), body.payload()
-    queued = request.app[API_SERVER].push_tags(tags, data, match=match, ack=body.flag("ack"))
-    return reply({"sid": queued.sid, "queue_length": queued.queue_length})
-
-
-async def push_by_tag(request: web.Request) -> web.Response:
-    body = await read_body(request)
-    contents = body.data.get("contents")
-    if not isinstance(contents, dict) or not contents:
-        raise InvalidArgument("contents: required (an object tag -> {data_b64 | text})")
-    payloads = {tag: Body(value, f"contents.{tag}").payload() for tag, value in contents.items()}
-    queue_length = request.app[API_SERVER].push_by_tag(payloads)
-    return reply({"sid": 0, "queue_length": queue_length})
-
-
-async def broadcast(request: web.Request) -> web.Response:
-    body = await read_body(request)
-    queued = request.app[API_SERVER].broadcast(body.payload(), ack=body.flag("ack"))
-    return reply({"sid": queued.sid, "queue_length": queued.queue_length})
+    return get
 
 
 async def push_stream(request: web.Request) -> web.StreamResponse:
@@ -245,6 +155,7 @@ async def push_stream(request: web.Request) -> web.StreamResponse:
     ``body_timeout`` between chunks.
     """
     server = request.app[API_SERVER]
+    push = request.app[API_METHODS].push
     out = StreamReply(request)
     try:
         limit = server.options.max_stream_body
@@ -254,7 +165,7 @@ async def push_stream(request: web.Request) -> web.StreamResponse:
             async for lines in batches:
                 results: list[dict[str, Any]] = []
                 for line in lines:
-                    result = await _push_line(server, line, out.processed)
+                    result = await _push_line(push, line, out.processed)
                     out.processed += 1
                     if result is not None:
                         results.append(result)
@@ -274,25 +185,14 @@ async def push_stream(request: web.Request) -> web.StreamResponse:
     return await out.end()
 
 
-async def _push_line(server: Server, line: bytes, seq: int) -> dict[str, Any] | None:
+async def _push_line(push: Push, line: bytes, seq: int) -> dict[str, Any] | None:
     """Push one line; its result, or None when there is no news."""
     try:
-        body = parse(line, f"line {seq + 1}")  # field errors read as in gRPC
-        data, ack = body.payload(), body.flag("ack")
-        if body.data.get("users"):
-            result = await server.push(body.strings("users"), data, ack=ack)
-            sid, missing = result.sid, list(result.missing)
-        elif body.data.get("tags"):
-            sid = server.push_tags(body.strings("tags"), data, match=body.match(), ack=ack).sid
-            missing = []
-        elif body.flag("all"):
-            sid, missing = server.broadcast(data, ack=ack).sid, []
-        else:
-            raise InvalidArgument("target: one of users, tags or all is required")
+        sid, missing = await push(parse(line, pb.StreamPush, f"line {seq + 1}"))
     except ImError as exc:
         return {"seq": seq, "error": {"code": exc.code, "message": str(exc)}}
     if sid or missing:
-        return {"seq": seq, "sid": sid, "missing": missing}
+        return {"seq": seq, "sid": sid, "missing": list(missing)}
     return None
 
 
@@ -401,51 +301,13 @@ async def _chunks(request: web.Request, timeout: float) -> AsyncIterator[bytes]:
         raise InvalidArgument(f"body: malformed ({exc})") from None
 
 
-async def kick(request: web.Request) -> web.Response:
-    body = await read_body(request)
-    user, reason = body.string("user"), body.optional_string("reason") or "kicked"
-    if not await request.app[API_SERVER].kick(user, reason):
-        raise NotFound(f"user {user!r} is not online")
-    return reply({})
-
-
-async def presence(request: web.Request) -> web.Response:
-    user = request.query.get("user")
-    if not user:
-        raise InvalidArgument("user: required (query parameter)")
-    found = await request.app[API_SERVER].presence(user)
-    if found is None:
-        return reply({"online": False, "node_id": 0, "conn_id": "", "tags": [], "connected_at": 0})
-    return reply({"online": True, **attrs.asdict(found, filter=lambda a, v: a.name != "user_id")})
-
-
-async def retag(request: web.Request) -> web.Response:
-    body = await read_body(request)
-    user = body.string("user")
-    add, remove = body.strings("add", required=False), body.strings("remove", required=False)
-    if not add and not remove:
-        raise InvalidArgument("add, remove: at least one tag to add or remove is required")
-    if not await request.app[API_SERVER].retag(user, add, remove):
-        raise NotFound(f"user {user!r} is not online")
-    return reply({})
-
-
-async def distribution(request: web.Request) -> web.Response:
-    stats = await request.app[API_SERVER].distribution()
-    return reply({"tags": [attrs.asdict(s) for s in stats.values()]})
-
-
-async def stats(request: web.Request) -> web.Response:
-    return reply(attrs.asdict(await request.app[API_SERVER].stats()))
-
-
 async def ack_events(request: web.Request) -> web.StreamResponse:
     """Server-sent events: ``event: acked|expired``, ``data:`` an AckEvent as JSON.
 
     A comment line every ``SSE_KEEPALIVE`` seconds keeps proxies from timing the
     stream out and finds a subscriber that went away (the write fails).
     """
-    subscription = feed_for(request.app[API_SERVER]).subscribe()
+    subscription = request.app[API_SERVER].outcomes.subscribe()
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
@@ -464,23 +326,12 @@ async def ack_events(request: web.Request) -> web.StreamResponse:
                 break
             if event is None:
                 break
-            await response.write(_sse(event.outcome, _event_json(event)))
+            await response.write(_sse(event.outcome, encode(ack_event(event))))
     except ConnectionError:
         pass  # the subscriber went away
     finally:
         subscription.close()
     return response
-
-
-def _event_json(event: AckEvent) -> dict[str, Any]:
-    return {
-        "outcome": event.outcome,
-        "user": event.user_id,
-        "sid": event.sid,
-        "tries": event.tries,
-        "reason": event.reason,
-        "data_b64": base64.b64encode(event.payload).decode(),
-    }
 
 
 def _sse(name: str, data: dict[str, Any]) -> bytes:
@@ -491,23 +342,25 @@ async def openapi(request: web.Request) -> web.Response:
     return reply(document(ROUTES, PREFIX))
 
 
-#: (HTTP method, path under PREFIX, handler, im.v1.Im method it mirrors).
-ROUTES: tuple[tuple[str, str, Handler, str], ...] = (
-    ("GET", "/ping", ping, "Ping"),
-    ("POST", "/push_user", push_user, "PushUser"),
-    ("POST", "/push_users", push_users, "PushUsers"),
-    ("POST", "/push_tags", push_tags, "PushTags"),
-    ("POST", "/push_by_tag", push_by_tag, "PushByTag"),
-    ("POST", "/broadcast", broadcast, "Broadcast"),
-    ("POST", "/push_stream", push_stream, "PushStream"),
-    ("POST", "/kick", kick, "Kick"),
-    ("GET", "/presence", presence, "Presence"),
-    ("POST", "/retag", retag, "Retag"),
-    ("GET", "/distribution", distribution, "Distribution"),
-    ("GET", "/stats", stats, "Stats"),
-    ("GET", "/ack_events", ack_events, "AckEvents"),
-    ("GET", "/openapi.json", openapi, ""),
-)
+#: Methods read with GET (no body); every other unary method is a POST with a JSON body.
+GET = frozenset({"Ping", "Presence", "Distribution", "Stats", "AckEvents"})
+#: The streaming methods, each in its HTTP form.
+STREAMING: dict[str, Handler] = {"PushStream": push_stream, "AckEvents": ack_events}
+
+
+def _routes() -> tuple[tuple[str, str, Handler, str], ...]:
+    """One route per method of im.v1.Im, named as the method in snake case."""
+    routes = []
+    for method in SERVICE.methods:
+        verb = "GET" if method.name in GET else "POST"
+        handler = STREAMING.get(method.name) or unary(method, verb)
+        path = "/" + "".join(f"_{c.lower()}" if c.isupper() else c for c in method.name)[1:]
+        routes.append((verb, path, handler, method.name))
+    return (*routes, ("GET", "/openapi.json", openapi, ""))
+
+
+#: (HTTP method, path under PREFIX, handler, im.v1.Im method it serves).
+ROUTES = _routes()
 OPEN_PATHS = frozenset({f"{PREFIX}/openapi.json"})
 
 
@@ -547,6 +400,7 @@ def api_app(server: Server) -> web.Application:
     opts = server.options
     app = web.Application(middlewares=[api_middleware])
     app[API_SERVER] = server
+    app[API_METHODS] = ImMethods(server)
     app[API_KEY] = (opts.api_key or "").encode()
     for method, path, handler, _ in ROUTES:
         app.router.add_route(method, path, handler)

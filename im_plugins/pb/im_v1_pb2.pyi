@@ -1,3 +1,4 @@
+from google.protobuf import descriptor_pb2 as _descriptor_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -22,6 +23,8 @@ MATCH_ALL: Match
 OUTCOME_UNSPECIFIED: Outcome
 ACKED: Outcome
 EXPIRED: Outcome
+REQUIRED_FIELD_NUMBER: _ClassVar[int]
+required: _descriptor.FieldDescriptor
 
 class PingRequest(_message.Message):
     __slots__ = ()

@@ -1,0 +1,121 @@
+"""One implementation per im.v1.Im method, on its request and reply messages.
+
+Requests arrive checked (``rules.check`` for gRPC, the JSON decoder for HTTP); what
+is left here are the rules that span fields (one push target, add or remove) and
+the calls into the core. ``push`` is the streaming push's target dispatch, used by
+gRPC ``PushStream`` and HTTP ``push_stream`` alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from im_core.ack import AckOutcome
+from im_core.errors import InvalidArgument, NotFound
+from im_plugins.pb import im_v1_pb2 as pb
+
+from .rules import match
+
+if TYPE_CHECKING:
+    from im_core.server import Server
+
+OUTCOME = {"acked": pb.ACKED, "expired": pb.EXPIRED}
+
+
+class ImMethods:
+    """The unary methods of ``im.v1.Im`` (named as in the proto) and ``push``."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    async def Ping(self, request: pb.PingRequest) -> pb.PingReply:
+        return pb.PingReply(node_id=self.server.node_id)
+
+    async def PushUser(self, request: pb.PushUserRequest) -> pb.PushReply:
+        return pb.PushReply(
+            sid=await self.server.push_one(request.user, request.data, ack=request.ack)
+        )
+
+    async def PushUsers(self, request: pb.PushUsersRequest) -> pb.PushReply:
+        result = await self.server.push(request.users, request.data, ack=request.ack)
+        return pb.PushReply(sid=result.sid, missing=result.missing)
+
+    async def PushTags(self, request: pb.PushTagsRequest) -> pb.QueuedReply:
+        queued = self.server.push_tags(
+            request.tags, request.data, match=match(request.match), ack=request.ack
+        )
+        return pb.QueuedReply(sid=queued.sid, queue_length=queued.queue_length)
+
+    async def PushByTag(self, request: pb.PushByTagRequest) -> pb.QueuedReply:
+        return pb.QueuedReply(queue_length=self.server.push_by_tag(dict(request.contents)))
+
+    async def Broadcast(self, request: pb.BroadcastRequest) -> pb.QueuedReply:
+        queued = self.server.broadcast(request.data, ack=request.ack)
+        return pb.QueuedReply(sid=queued.sid, queue_length=queued.queue_length)
+
+    async def push(self, request: pb.StreamPush) -> tuple[int, Sequence[str]]:
+        """One push of a stream to its target; its sid and the users not reached."""
+        server, data, ack = self.server, request.data, request.ack
+        if request.users:
+            result = await server.push(request.users, data, ack=ack)
+            return result.sid, result.missing
+        if request.tags:
+            return server.push_tags(request.tags, data, match=match(request.match), ack=ack).sid, ()
+        if request.all:
+            return server.broadcast(data, ack=ack).sid, ()
+        raise InvalidArgument("target: one of users, tags or all is required")
+
+    async def Kick(self, request: pb.KickRequest) -> pb.KickReply:
+        if not await self.server.kick(request.user, request.reason or "kicked"):
+            raise NotFound(f"user {request.user!r} is not online")
+        return pb.KickReply()
+
+    async def Presence(self, request: pb.PresenceRequest) -> pb.PresenceReply:
+        found = await self.server.presence(request.user)
+        if found is None:
+            return pb.PresenceReply(online=False)
+        return pb.PresenceReply(
+            online=True,
+            node_id=found.node_id,
+            conn_id=found.conn_id,
+            tags=found.tags,
+            connected_at=found.connected_at,
+        )
+
+    async def Retag(self, request: pb.RetagRequest) -> pb.RetagReply:
+        if not request.add and not request.remove:
+            raise InvalidArgument("add, remove: at least one tag to add or remove is required")
+        if not await self.server.retag(request.user, request.add, request.remove):
+            raise NotFound(f"user {request.user!r} is not online")
+        return pb.RetagReply()
+
+    async def Distribution(self, request: pb.DistributionRequest) -> pb.DistributionReply:
+        stats = await self.server.distribution()
+        return pb.DistributionReply(
+            tags=[pb.TagStat(tag=s.tag, number=s.number, created=s.created) for s in stats.values()]
+        )
+
+    async def Stats(self, request: pb.StatsRequest) -> pb.StatsReply:
+        s = await self.server.stats()
+        return pb.StatsReply(
+            node_id=s.node_id,
+            online=s.online,
+            connections=s.connections,
+            queue_length=s.queue_length,
+            queue_capacity=s.queue_capacity,
+            unacked=s.unacked,
+            tag_groups=s.tag_groups,
+        )
+
+
+def ack_event(outcome: AckOutcome) -> pb.AckEvent:
+    """The ``AckEvents`` message of one outcome (both APIs stream this)."""
+    return pb.AckEvent(
+        outcome=OUTCOME[outcome.outcome],
+        user=outcome.user_id,
+        sid=outcome.sid,
+        tries=outcome.tries,
+        reason=outcome.reason,
+        data=outcome.payload,
+    )

@@ -1,0 +1,64 @@
+"""What makes an im.v1 request valid, read from the proto: a field marked
+``[(required) = true]`` must be non-empty (a string, bytes, list or map; each value
+of a required map too). The HTTP API applies the same marks to JSON bodies, and its
+OpenAPI document states them.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from im_core.errors import InvalidArgument
+from im_plugins.pb import im_v1_pb2 as pb
+
+#: im.v1 Match values -> the core's ``match`` argument.
+MATCH = {pb.MATCH_ANY: "any", pb.MATCH_ALL: "all"}
+
+_required: dict[str, tuple[FieldDescriptor, ...]] = {}
+
+
+def is_required(field: FieldDescriptor) -> bool:
+    return bool(field.GetOptions().Extensions[pb.required])
+
+
+def is_map(field: FieldDescriptor) -> bool:
+    return field.message_type is not None and field.message_type.GetOptions().map_entry
+
+
+def required_fields(descriptor: Descriptor) -> tuple[FieldDescriptor, ...]:
+    found = _required.get(descriptor.full_name)
+    if found is None:
+        found = _required[descriptor.full_name] = tuple(
+            f for f in descriptor.fields if is_required(f)
+        )
+    return found
+
+
+def _what(field: FieldDescriptor) -> str:
+    if is_map(field):
+        return "at least one entry"
+    if field.is_repeated:
+        return "at least one"
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return "non-empty bytes"
+    return "non-empty string"
+
+
+def check(message: Message) -> None:
+    """Raise ``InvalidArgument`` naming the first required field that is empty."""
+    for field in required_fields(message.DESCRIPTOR):
+        value = getattr(message, field.name)
+        if not value:
+            raise InvalidArgument(f"{field.name}: required ({_what(field)})")
+        if is_map(field):
+            for key, item in value.items():
+                if not item:
+                    raise InvalidArgument(f"{field.name}.{key}: required (non-empty)")
+
+
+def match(value: int) -> str:
+    try:
+        return MATCH[value]
+    except KeyError:
+        raise InvalidArgument(f"match: unknown value {value}") from None

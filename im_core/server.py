@@ -109,7 +109,7 @@ class Server:
         if broker is None:
             raise ConfigError(f"broker: no plugin provides a broker named {self.options.broker!r}")
         self.broker = broker
-        await broker.start(self)
+        self.node_id = await broker.start(self)
         self.sids = SidAllocator(self.node_id)
         opts = self.options
         self.acks = AckTracker(

@@ -75,7 +75,7 @@ class NatsBroker(ClusterBroker):
 
     # --- lifecycle -----------------------------------------------------------------
 
-    async def start(self, node: LocalNode) -> None:
+    async def start(self, node: LocalNode) -> int:
         self.attach(node)
         self.nc = NatsClient()
         try:
@@ -102,7 +102,7 @@ class NatsBroker(ClusterBroker):
         try:
             async with asyncio.timeout(self.timeout * 5):
                 await self._ensure_buckets()
-                self.node_id = node.node_id = await self._claim()
+                self.node_id = await self._claim()
                 await self.nc.subscribe(self._subject("n", self.node_id), cb=self._on_request)
                 await self.nc.subscribe(self._subject("all"), cb=self._on_push)
                 await self.nc.flush()
@@ -112,6 +112,7 @@ class NatsBroker(ClusterBroker):
         self._up = True
         self.spawn(self._heartbeat_loop())
         log.info("nats broker: node %d joined %r at %s", self.node_id, self.prefix, self.url)
+        return self.node_id
 
     async def _ensure_buckets(self) -> None:
         self.presence_kv = await self._bucket("presence", None)

@@ -76,7 +76,7 @@ class RedisBroker(ClusterBroker):
 
     # --- lifecycle -----------------------------------------------------------------
 
-    async def start(self, node: LocalNode) -> None:
+    async def start(self, node: LocalNode) -> int:
         self.attach(node)
         self.redis = self._client(self.timeout)
         self.sub = self._client(None)
@@ -107,7 +107,7 @@ class RedisBroker(ClusterBroker):
                 if node_id < 0:
                     raise ConnectionError("redis broker: all 1024 node ids are taken")
                 await self._script(self.s["PURGE"], node_id)  # leftovers of a dead predecessor
-                self.node_id = node.node_id = node_id
+                self.node_id = node_id
                 self._pubsub = await self._subscribe()
         except (RedisError, OSError, TimeoutError) as exc:
             await self._close_clients()
@@ -117,6 +117,7 @@ class RedisBroker(ClusterBroker):
         self.spawn(self._listen())
         self.spawn(self._heartbeat_loop())
         log.info("redis broker: node %d joined cluster %r at %s", node_id, self.prefix, self.url)
+        return node_id
 
     async def stop(self) -> None:
         await self._cancel_tasks()

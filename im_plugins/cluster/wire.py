@@ -7,7 +7,8 @@ A message is one JSON array, a newline, then raw bytes that are never re-encoded
 
 ``v`` is the wire version (``VERSION``); ``kind`` names the message class; ``origin``
 is the sending node; ``ref`` is a number the transport may use, 0 when unused (Redis:
-the request a reply answers; NATS: the id of a tag push sent on several subjects);
+the id of a request, which its reply carries back; NATS: the id of a tag push sent on
+several subjects); a reply always carries the ``ref`` of its request;
 the fields follow in the order of the class's ``dump``. Positional fields keep the hot
 path (one ``push`` per holding node per call) as small as JSON gets.
 
@@ -42,6 +43,8 @@ class Refused(ValueError):
 
 
 # --- requests and notices (answered by ``peer``) ----------------------------------
+# Messages are treated as immutable but not frozen: a frozen attrs class costs about
+# three times as much to build, once per push on each side.
 
 
 @attrs.define(slots=True)

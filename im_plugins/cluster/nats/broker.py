@@ -187,10 +187,10 @@ class NatsBroker(ClusterBroker):
             read = self.peer.read(msg.data)
             if read is None:
                 return
-            origin, _, message = read
+            origin, ref, message = read
             answer = await self.peer.answer(origin, message)
             if msg.reply and answer is not None:
-                await msg.respond(wire.encode(answer, self.node_id))
+                await msg.respond(wire.encode(answer, self.node_id, ref))
         except Exception:
             log.exception("nats broker: bad message from a peer")
 

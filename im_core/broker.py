@@ -50,8 +50,6 @@ class Presence:
 class LocalNode(Protocol):
     """What a broker may ask of the node it runs in."""
 
-    node_id: int
-
     def deliver(self, push: Push) -> list[str]:
         """Deliver to local connections; for a user push return the users not reached."""
         ...
@@ -92,8 +90,10 @@ class Broker(abc.ABC):
     name: str = "broker"
 
     @abc.abstractmethod
-    async def start(self, node: LocalNode) -> None:
-        """Connect; from now on deliver pushes for this node through ``node.deliver``."""
+    async def start(self, node: LocalNode) -> int:
+        """Connect; from now on deliver pushes for this node through ``node.deliver``.
+        Return this node's id (0-1023): the one the broker was given (``--node-id``)
+        or one it leased; the node puts it in its sids and connection ids."""
 
     @abc.abstractmethod
     async def stop(self) -> None:

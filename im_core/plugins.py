@@ -40,8 +40,8 @@ TRACE_ENV = "IM_TRACE_HOOKS"
 #: Built-in plugins: (name, module). Registered exactly like external ones.
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("memory_broker", "im_plugins.memory_broker"),
-    ("redis_broker", "im_plugins.redis_broker"),
-    ("nats_broker", "im_plugins.nats_broker"),
+    ("redis_broker", "im_plugins.cluster.redis"),
+    ("nats_broker", "im_plugins.cluster.nats"),
     ("json_codec", "im_plugins.json_codec"),
     ("protobuf_codec", "im_plugins.protobuf_codec"),
     ("token_auth", "im_plugins.token_auth"),

@@ -122,7 +122,7 @@ class Server:
             raise ConfigError(f"broker: no plugin provides a broker named {self.options.broker!r}")
         self.broker = broker
         stack.push_async_callback(broker.stop)
-        await broker.start(self)
+        self.node_id = await broker.start(self)
         stack.push_async_callback(self._wait_tasks)  # they may still need the broker
         self.sids = SidAllocator(self.node_id)
         opts = self.options

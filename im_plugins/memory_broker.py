@@ -14,9 +14,14 @@ if TYPE_CHECKING:
 
 class MemoryBroker(Broker):
     name = "memory"
+    node_id = 0  # also for subclasses that do not call __init__
 
-    async def start(self, node: LocalNode) -> None:
+    def __init__(self, node_id: int = 0) -> None:
+        self.node_id = node_id
+
+    async def start(self, node: LocalNode) -> int:
         self.node = node
+        return self.node_id
 
     async def stop(self) -> None:
         pass
@@ -48,4 +53,6 @@ class MemoryBroker(Broker):
 
 @hookimpl
 def im_broker(server: Server) -> Broker | None:
-    return MemoryBroker() if server.options.broker == "memory" else None
+    if server.options.broker != "memory":
+        return None
+    return MemoryBroker(server.options.node_id or 0)

@@ -18,10 +18,11 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from im_core.broker import LocalNode, Presence, Push
-from im_core.errors import CloseCode, Unavailable
+from im_core.errors import CloseCode
 from im_core.tags import TagStat
-from im_plugins.cluster_broker import ClusterBroker, decode, encode
 
+from .. import wire
+from ..base import ClusterBroker
 from . import lua
 
 log = logging.getLogger("im.redis")
@@ -50,7 +51,7 @@ class RedisBroker(ClusterBroker):
         self.url: str = str(options.get("redis_url") or "redis://127.0.0.1:6379/0")
         self.token = os.urandom(8).hex()  # this incarnation's lease value
         self._rids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[bytes]] = {}
+        self._waiting: dict[int, asyncio.Future[wire.Message]] = {}
         self._registered_tags: set[str] = set()
         self._pubsub: PubSub | None = None
 
@@ -76,7 +77,7 @@ class RedisBroker(ClusterBroker):
 
     # --- lifecycle -----------------------------------------------------------------
 
-    async def start(self, node: LocalNode) -> None:
+    async def start(self, node: LocalNode) -> int:
         self.attach(node)
         self.redis = self._client(self.timeout)
         self.sub = self._client(None)
@@ -107,16 +108,17 @@ class RedisBroker(ClusterBroker):
                 if node_id < 0:
                     raise ConnectionError("redis broker: all 1024 node ids are taken")
                 await self._script(self.s["PURGE"], node_id)  # leftovers of a dead predecessor
-                self.node_id = node.node_id = node_id
+                self.node_id = node_id
                 self._pubsub = await self._subscribe()
         except (RedisError, OSError, TimeoutError) as exc:
             await self._close_clients()
             # ConnectionError is an OSError: im-run reports it and exits with status 1.
             raise ConnectionError(f"redis broker: cannot use {self.url}: {exc}") from exc
-        self._up = True
+        self.health.up = True
         self.spawn(self._listen())
-        self.spawn(self._heartbeat_loop())
+        self.spawn(self._keep_alive())
         log.info("redis broker: node %d joined cluster %r at %s", node_id, self.prefix, self.url)
+        return node_id
 
     async def stop(self) -> None:
         await self._cancel_tasks()
@@ -153,8 +155,8 @@ class RedisBroker(ClusterBroker):
             try:
                 if self._pubsub is None:
                     self._pubsub = await self._subscribe()
-                    self._resync = True
-                    await self._repair()
+                    self._resync = True  # Redis may have restarted empty
+                    self.recover()
                     delay = 0.05
                 async for message in self._pubsub.listen():
                     if message["type"] == "message":
@@ -165,51 +167,40 @@ class RedisBroker(ClusterBroker):
                         except Exception:
                             log.exception("redis broker: bad message from a peer")
             except (RedisError, OSError) as exc:
-                self._set_up(False, exc)
+                self.health.set(False, exc)
                 pubsub, self._pubsub = self._pubsub, None
                 if pubsub is not None:
                     try:
-                        await pubsub.aclose()
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
                     except (RedisError, OSError):
                         pass
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _repair(self) -> None:
-        """Heartbeat + re-registration right after re-subscribing."""
-        try:
-            await self._heartbeat()
-            self._resync = False
-            await self._reregister()
-            await self._publish_state()
-        except Unavailable:
-            self._resync = True
-            raise ConnectionError("redis broker: repair failed") from None
-        self._set_up(True)
-
     async def _on_message(self, data: bytes) -> None:
-        header, payload = decode(data)
-        if header["t"] == "re":
-            future = self._waiting.pop(header["q"], None)
-            if future is not None and not future.done():
-                future.set_result(payload)
+        """A peer's message; ``ref`` is the request id a reply answers or a request
+        wants its reply under (0: not a request)."""
+        read = self.peer.read(data)
+        if read is None:
             return
-        rid = header.get("q")
-        answer = await self.handle(header, payload)
-        if rid is not None and answer is not None:
-            reply = encode({"t": "re", "q": rid}, answer)
-            self.spawn(self.redis.publish(self._key("n", header["o"]), reply))
+        origin, ref, message = read
+        if isinstance(message, wire.REPLIES):
+            future = self._waiting.pop(ref, None)
+            if future is not None and not future.done():
+                future.set_result(message)
+            return
+        answer = await self.peer.answer(origin, message)
+        if ref and answer is not None:
+            self.spawn(self._notify(origin, wire.encode(answer, self.node_id, ref)))
 
     # --- transport ---------------------------------------------------------------------
 
-    async def _request(self, node: int, data: bytes) -> bytes | None:
+    async def _request(self, node: int, message: wire.Request) -> wire.Message | None:
         rid = next(self._rids)
-        # Messages are built before we know they are requests: prepend the request
-        # id to the JSON header instead of encoding it again.
-        data = data.replace(b"{", b'{"q":%d,' % rid, 1)
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[wire.Message] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = future
         try:
+            data = wire.encode(message, self.node_id, rid)
             if not await self.redis.publish(self._key("n", node), data):
                 return None  # nobody subscribed: the node is gone
             return await future
@@ -279,7 +270,7 @@ class RedisBroker(ClusterBroker):
         )
 
     async def _heartbeat(self) -> None:
-        async with self._guard("heartbeat"):
+        async with self.health.guard("heartbeat"):
             if self._pubsub is None:
                 raise ConnectionError("not subscribed yet")  # healthy only once we listen
             state = await self._script(
@@ -296,7 +287,7 @@ class RedisBroker(ClusterBroker):
         entries = list(self.local.values())
         self._registered_tags = set()
         lost: list[bytes] = []
-        async with self._guard("re-register"):
+        async with self.health.guard("re-register"):
             for i in range(0, max(len(entries), 1), CHUNK):
                 args: list[object] = [self.node_id, "1" if i == 0 else "0"]
                 for p in entries[i : i + CHUNK]:
@@ -304,9 +295,11 @@ class RedisBroker(ClusterBroker):
                 lost += await self._script(self.s["RESYNC"], *args)
         for raw in lost:
             user = raw.decode()
-            p = self.local.get(user)
-            if p is not None:
-                self.node.kick_local(user, CloseCode.REPLACED, "replaced by a new login", p.conn_id)
+            mine = self.local.get(user)
+            if mine is not None:
+                self.node.kick_local(
+                    user, CloseCode.REPLACED, "replaced by a new login", mine.conn_id
+                )
         log.info("redis broker: re-registered %d users", len(entries) - len(lost))
 
     async def _publish_state(self) -> None:
@@ -314,7 +307,7 @@ class RedisBroker(ClusterBroker):
         added = set(tags) - self._registered_tags
         gone = self._registered_tags - set(tags)
         me = self.node_id
-        async with self._guard("publish state"):
+        async with self.health.guard("publish state"):
             async with self.redis.pipeline(transaction=True) as pipe:
                 dist = self._key("dist", me)
                 pipe.delete(dist)
@@ -336,11 +329,11 @@ class RedisBroker(ClusterBroker):
     # --- cluster-wide queries ----------------------------------------------------------
 
     async def online_count(self) -> int:
-        async with self._guard("online count"):
+        async with self.health.guard("online count"):
             return int(await self._script(self.s["COUNT"]))
 
     async def distribution(self) -> dict[str, TagStat]:
-        async with self._guard("distribution"):
+        async with self.health.guard("distribution"):
             flat = await self._script(self.s["DISTRIBUTION"])
         out: dict[str, TagStat] = {}
         for raw_tag, raw in zip(flat[::2], flat[1::2], strict=True):

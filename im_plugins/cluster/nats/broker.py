@@ -37,9 +37,10 @@ from nats.js.api import StorageType
 from nats.js.kv import KeyValue
 
 from im_core.broker import LocalNode, Presence, Push
-from im_core.errors import Unavailable
 from im_core.tags import TagStat
-from im_plugins.cluster_broker import ClusterBroker, decode, merge_distribution
+
+from .. import wire
+from ..base import ClusterBroker, merge_distribution
 
 log = logging.getLogger("im.nats")
 MISSING = (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError)
@@ -75,7 +76,7 @@ class NatsBroker(ClusterBroker):
 
     # --- lifecycle -----------------------------------------------------------------
 
-    async def start(self, node: LocalNode) -> None:
+    async def start(self, node: LocalNode) -> int:
         self.attach(node)
         self.nc = NatsClient()
         try:
@@ -86,7 +87,7 @@ class NatsBroker(ClusterBroker):
                     self.url,
                     name=f"im-{self.prefix}",
                     connect_timeout=max(1, int(self.timeout)),
-                    reconnect_time_wait=0.25,
+                    reconnect_time_wait=0.25,  # type: ignore[arg-type]  # seconds; annotated int
                     max_reconnect_attempts=-1,
                     allow_reconnect=True,
                     disconnected_cb=self._on_disconnect,
@@ -102,16 +103,17 @@ class NatsBroker(ClusterBroker):
         try:
             async with asyncio.timeout(self.timeout * 5):
                 await self._ensure_buckets()
-                self.node_id = node.node_id = await self._claim()
+                self.node_id = await self._claim()
                 await self.nc.subscribe(self._subject("n", self.node_id), cb=self._on_request)
                 await self.nc.subscribe(self._subject("all"), cb=self._on_push)
                 await self.nc.flush()
         except Exception as exc:
             await self.nc.close()
             raise ConnectionError(f"nats broker: cannot use {self.url}: {exc!r}") from exc
-        self._up = True
-        self.spawn(self._heartbeat_loop())
+        self.health.up = True
+        self.spawn(self._keep_alive())
         log.info("nats broker: node %d joined %r at %s", self.node_id, self.prefix, self.url)
+        return self.node_id
 
     async def _ensure_buckets(self) -> None:
         self.presence_kv = await self._bucket("presence", None)
@@ -168,55 +170,46 @@ class NatsBroker(ClusterBroker):
 
     async def _on_disconnect(self) -> None:
         if not self._stopping:
-            self._set_up(False, "disconnected from NATS")
+            self.health.set(False, "disconnected from NATS")
 
     async def _on_reconnect(self) -> None:
         # nats-py has re-subscribed; the server may have lost the KV (restart).
         self._resync = True
-        self.spawn(self._repair())
+        self.recover()
 
     async def _on_error(self, exc: Exception) -> None:
         log.debug("nats broker: %r", exc)
-
-    async def _repair(self) -> None:
-        delay = 0.05
-        while self._resync and not self._stopping:
-            try:
-                await self._heartbeat()
-                self._resync = False
-                await self._reregister()
-                await self._publish_state()
-            except Unavailable:
-                self._resync = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-            else:
-                self._set_up(True)
 
     # --- incoming ---------------------------------------------------------------------
 
     async def _on_request(self, msg: Msg) -> None:
         try:
-            header, payload = decode(msg.data)
-            answer = await self.handle(header, payload)
+            read = self.peer.read(msg.data)
+            if read is None:
+                return
+            origin, ref, message = read
+            answer = await self.peer.answer(origin, message)
             if msg.reply and answer is not None:
-                await msg.respond(answer)
+                await msg.respond(wire.encode(answer, self.node_id, ref))
         except Exception:
             log.exception("nats broker: bad message from a peer")
 
     async def _on_push(self, msg: Msg) -> None:
+        """A broadcast or tag push; ``ref`` is the id of a push sent to several tags."""
         try:
-            header, payload = decode(msg.data)
-            mid = header.get("m")
-            if mid is not None:
-                key = (header["o"], mid)
+            read = self.peer.read(msg.data)
+            if read is None:
+                return
+            origin, ref, message = read
+            if ref:
+                key = (origin, ref)
                 if key in self._seen:
                     return  # the same push via another of its tags
                 self._seen.add(key)
                 self._seen_order.append(key)
                 if len(self._seen_order) > SEEN:
                     self._seen.discard(self._seen_order.popleft())
-            await self.handle(header, payload)
+            await self.peer.answer(origin, message)
         except Exception:
             log.exception("nats broker: bad message from a peer")
 
@@ -226,13 +219,17 @@ class NatsBroker(ClusterBroker):
         if not self.nc.is_connected:
             raise ConnectionError("not connected to NATS")
 
-    async def _request(self, node: int, data: bytes) -> bytes | None:
+    async def _request(self, node: int, message: wire.Request) -> wire.Message | None:
         self._check()
+        data = wire.encode(message, self.node_id)
         try:
             msg = await self.nc.request(self._subject("n", node), data, timeout=self.timeout)
         except nats.errors.NoRespondersError:
             return None
-        return msg.data
+        read = self.peer.read(msg.data)
+        if read is None:
+            raise TimeoutError(f"node {node} answered what this node cannot read")
+        return read[2]
 
     async def _notify(self, node: int, data: bytes) -> None:
         self._check()
@@ -248,7 +245,8 @@ class NatsBroker(ClusterBroker):
                 # Any node with a member of all the tags has a member of the first one.
                 await publish(self._tag_subject(push.tags[0]), data)
             else:
-                data = data.replace(b"{", b'{"m":%d,' % next(self._mids), 1)
+                # One id for all its subjects: a node with several of the tags delivers once.
+                data = wire.encode(wire.Deliver.of(push), self.node_id, next(self._mids))
                 for tag in push.tags:
                     await publish(self._tag_subject(tag), data)
 
@@ -260,7 +258,7 @@ class NatsBroker(ClusterBroker):
             self._tag_subs[tag] = await self.nc.subscribe(self._tag_subject(tag), cb=self._on_push)
         for sub in gone:
             await sub.unsubscribe()
-        await self.nc.flush(timeout=self.timeout)
+        await self.nc.flush(timeout=self.timeout)  # type: ignore[arg-type]  # annotated int
 
     # --- presence ----------------------------------------------------------------------
 
@@ -361,7 +359,7 @@ class NatsBroker(ClusterBroker):
             await self._delete_if(self.presence_kv, key, entry.revision)
 
     async def _heartbeat(self) -> None:
-        async with self._guard("heartbeat"):
+        async with self.health.guard("heartbeat"):
             self._check()
             entry = await self._get(self.nodes_kv, f"n{self.node_id}")
             if entry is None or not entry.value:
@@ -373,7 +371,7 @@ class NatsBroker(ClusterBroker):
         # The entry itself is written by _publish_state, which follows every heartbeat.
 
     async def _reregister(self) -> None:
-        async with self._guard("re-register"):
+        async with self.health.guard("re-register"):
             self._check()
             await self._ensure_buckets()
             for p in list(self.local.values()):
@@ -381,7 +379,7 @@ class NatsBroker(ClusterBroker):
         log.info("nats broker: re-registered %d users", len(self.local))
 
     async def _publish_state(self) -> None:
-        async with self._guard("publish state"):
+        async with self.health.guard("publish state"):
             self._check()
             await self._sync_tag_subscriptions(set(self.local_tags()))
             await self.nodes_kv.put(f"n{self.node_id}", self._node_entry())
@@ -398,11 +396,11 @@ class NatsBroker(ClusterBroker):
         return [orjson.loads(e.value) for e in entries if e is not None and e.value]
 
     async def online_count(self) -> int:
-        async with self._guard("online count"):
+        async with self.health.guard("online count"):
             return sum(n["c"] for n in await self._nodes())
 
     async def distribution(self) -> dict[str, TagStat]:
-        async with self._guard("distribution"):
+        async with self.health.guard("distribution"):
             nodes = await self._nodes()
         return merge_distribution(
             {t: TagStat(t, number, created) for t, (number, created) in n["d"].items()}

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from im_core import hookimpl
-from im_plugins.cluster_broker import add_options, hold_ttl
+
+from ..options import add_options, hold_ttl
 
 if TYPE_CHECKING:
     from im_core.broker import Broker

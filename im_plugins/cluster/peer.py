@@ -1,0 +1,97 @@
+"""What a node does with a message from another node: one handler per kind.
+
+A broker's transport hands every message it receives from a peer to ``Peer.read``
+(which refuses what this node cannot read, see ``wire``) and each request or notice
+to ``Peer.answer``; it sends the returned reply back to the asking node.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from im_core.errors import CloseCode, InvalidArgument
+from im_core.ratelog import RateLimitedLog
+
+from . import wire
+
+if TYPE_CHECKING:
+    from .base import ClusterBroker
+
+log = logging.getLogger("im.cluster")
+
+Handler = Callable[[int, Any], Awaitable[wire.Reply | None]]
+
+
+class Peer:
+    """Answers this node gives other nodes of the cluster."""
+
+    def __init__(self, broker: ClusterBroker) -> None:
+        self.broker = broker
+        # A peer of another version sends many messages: one line per sender and cause.
+        self._refusals = RateLimitedLog(log)
+        self._handlers: dict[str, Handler] = {
+            wire.Deliver.kind: self._deliver,
+            wire.Outcomes.kind: self._outcomes,
+            wire.Take.kind: self._take,
+            wire.Kick.kind: self._kick,
+            wire.Retag.kind: self._retag,
+        }
+
+    def read(self, data: bytes) -> tuple[int, int, wire.Message] | None:
+        """(origin, ref, message) of ``data``; None, logged, when this node cannot read it."""
+        try:
+            return wire.decode(data)
+        except wire.Refused as exc:
+            self._refusals.warning(exc.cause, "%s broker: %s", self.broker.name, exc)
+            return None
+
+    async def answer(self, origin: int, message: wire.Message) -> wire.Reply | None:
+        """Run a request or notice from node ``origin``; the reply, for a request."""
+        handler = self._handlers.get(message.kind)
+        if handler is None:  # a reply nobody waits for any more, or one sent to the wrong place
+            self._refusals.warning(
+                f"unexpected {message.kind}:{origin}",
+                "%s broker: ignored an unexpected %r from node %s",
+                self.broker.name,
+                message.kind,
+                origin,
+            )
+            return None
+        return await handler(origin, message)
+
+    async def _deliver(self, origin: int, message: wire.Deliver) -> wire.NotReached | None:
+        if message.target != "users":
+            if origin != self.broker.node_id:  # our own broadcast was delivered already
+                self.broker.node.deliver(message.push())
+            return None
+        return wire.NotReached(tuple(self.broker.node.deliver(message.push())))
+
+    async def _outcomes(self, origin: int, message: wire.Outcomes) -> None:
+        for outcome in message.outcomes:
+            self.broker.node.ack_outcome(outcome)
+
+    async def _take(self, origin: int, message: wire.Take) -> wire.Taken:
+        node, user = self.broker.node, message.user
+        if message.replaced is not None:  # close the older login first: then the entries are free
+            node.kick_local(user, CloseCode.REPLACED, "replaced by a new login", message.replaced)
+        entries = node.take_unacked(user)
+        if entries:
+            log.debug("handing %d unacked of %r to node %d", len(entries), user, origin)
+        return wire.Taken(tuple(wire.Entry(e.sid, e.tries, e.payload) for e in entries))
+
+    async def _kick(self, origin: int, message: wire.Kick) -> wire.Done:
+        ok = self.broker.node.kick_local(
+            message.user, message.code, message.reason, message.conn_id
+        )
+        return wire.Done(ok)
+
+    async def _retag(self, origin: int, message: wire.Retag) -> wire.Done:
+        try:
+            ok = self.broker.node.retag_local(message.user, message.add, message.remove)
+        except InvalidArgument as exc:
+            return wire.Done(False, str(exc))
+        if ok:
+            await self.broker.retagged(message.user)
+        return wire.Done(ok)

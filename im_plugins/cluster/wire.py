@@ -1,0 +1,282 @@
+"""The messages nodes send each other, and how they travel as bytes.
+
+A message is one JSON array, a newline, then raw bytes that are never re-encoded
+(a push's payload, the payloads of ack outcomes or handed-over entries)::
+
+    [v, kind, origin, ref, field, field, ...]\\n<payload>
+
+``v`` is the wire version (``VERSION``); ``kind`` names the message class; ``origin``
+is the sending node; ``ref`` is a number the transport may use, 0 when unused (Redis:
+the id of a request, which its reply carries back; NATS: the id of a tag push sent on
+several subjects); a reply always carries the ``ref`` of its request;
+the fields follow in the order of the class's ``dump``. Positional fields keep the hot
+path (one ``push`` per holding node per call) as small as JSON gets.
+
+Versioning: a node speaks exactly one version. Any change to the wire — a field
+added, removed, reordered or read differently, a new kind — is a new ``VERSION``.
+A node refuses a message of any other version (or of a kind it does not know) with
+one log line per sender and cause (rate-limited) and does not answer it: the sender
+sees what it sees of a hung peer (a request times out after ``--broker-timeout``;
+users of a push are reported not reached). A refusal cannot be an error reply,
+since the sender may not read our version either.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, NamedTuple, Self
+
+import attrs
+import orjson
+
+from im_core.ack import AckOutcome
+from im_core.broker import Kind, Push
+
+VERSION = 1
+
+
+class Refused(ValueError):
+    """A message this node cannot read; ``cause`` groups refusals for the log."""
+
+    def __init__(self, cause: str, why: str, origin: object = None) -> None:
+        super().__init__(f"refused a message from node {origin}: {why}")
+        self.cause = f"{cause}:{origin}"
+
+
+# --- requests and notices (answered by ``peer``) ----------------------------------
+# Messages are treated as immutable but not frozen: a frozen attrs class costs about
+# three times as much to build, once per push on each side.
+
+
+@attrs.define(slots=True)
+class Deliver:
+    """Deliver a push to the receiver's connections. To users it is a request
+    (answered with ``NotReached``); a broadcast or tag push is not answered."""
+
+    kind: ClassVar[str] = "push"
+    target: Kind
+    users: tuple[str, ...]
+    tags: tuple[str, ...]
+    sid: int
+    payload: bytes
+
+    @classmethod
+    def of(cls, push: Push, users: tuple[str, ...] | None = None) -> Self:
+        """``push`` as a message; ``users``: the receiver's share of its users."""
+        return cls(
+            push.kind, push.users if users is None else users, push.tags, push.sid, push.payload
+        )
+
+    def push(self) -> Push:
+        return Push(self.target, self.payload, self.users, self.tags, self.sid)
+
+    def dump(self, head: list[Any]) -> bytes:
+        head += (self.target, self.users, self.tags, self.sid)
+        return self.payload
+
+    @classmethod
+    def load(cls, head: list[Any], payload: bytes) -> Self:
+        _, _, _, _, target, users, tags, sid = head
+        return cls(target, tuple(users), tuple(tags), int(sid), payload)
+
+
+@attrs.define(slots=True)
+class Outcomes:
+    """Ack outcomes of pushes whose sids the receiver allocated (not answered)."""
+
+    kind: ClassVar[str] = "outcomes"
+    outcomes: tuple[AckOutcome, ...]
+
+    def dump(self, head: list[Any]) -> bytes:
+        rows = [
+            [o.outcome, o.user_id, o.sid, o.tries, o.reason, len(o.payload)] for o in self.outcomes
+        ]
+        head.append(rows)
+        return b"".join(o.payload for o in self.outcomes)
+
+    @classmethod
+    def load(cls, head: list[Any], payload: bytes) -> Self:
+        _, _, _, _, rows = head
+        out, at = [], 0
+        for outcome, user, sid, tries, reason, size in rows:
+            out.append(AckOutcome(outcome, user, sid, tries, reason, payload[at : at + size]))
+            at += size
+        return cls(tuple(out))
+
+
+@attrs.define(slots=True)
+class Take:
+    """Hand over the unacked entries of ``user`` (answered with ``Taken``); first close
+    the user's connection ``replaced`` there with REPLACED, when given."""
+
+    kind: ClassVar[str] = "take"
+    user: str
+    replaced: str | None = None
+
+    def dump(self, head: list[Any]) -> bytes:
+        head += (self.user, self.replaced)
+        return b""
+
+    @classmethod
+    def load(cls, head: list[Any], payload: bytes) -> Self:
+        _, _, _, _, user, replaced = head
+        return cls(str(user), None if replaced is None else str(replaced))
+
+
+@attrs.define(slots=True)
+class Kick:
+    """Close the user's connection (only ``conn_id``, when given); answered with ``Done``."""
+
+    kind: ClassVar[str] = "kick"
+    user: str
+    code: int
+    reason: str
+    conn_id: str | None = None
+
+    def dump(self, head: list[Any]) -> bytes:
+        head += (self.user, self.code, self.reason, self.conn_id)
+        return b""
+
+    @classmethod
+    def load(cls, head: list[Any], payload: bytes) -> Self:
+        _, _, _, _, user, code, reason, conn_id = head
+        return cls(str(user), int(code), str(reason), conn_id)
+
+
+@attrs.define(slots=True)
+class Retag:
+    """Change the tags of the user's connection; answered with ``Done``."""
+
+    kind: ClassVar[str] = "retag"
+    user: str
+    add: tuple[str, ...]
+    remove: tuple[str, ...]
+
+    def dump(self, head: list[Any]) -> bytes:
+        head += (self.user, self.add, self.remove)
+        return b""
+
+    @classmethod
+    def load(cls, head: list[Any], payload: bytes) -> Self:
+        _, _, _, _, user, add, remove = head
+        return cls(str(user), tuple(add), tuple(remove))
+
+
+# --- replies ------------------------------------------------------------------------
+
+
+@attrs.define(slots=True)
+class NotReached:
+    """Answer to a user ``Deliver``: the users the receiver did not reach."""
+
+    kind: ClassVar[str] = "missed"
+    users: tuple[str, ...]
+
+    def dump(self, head: list[Any]) -> bytes:
+        head.append(self.users)
+        return b""
+
+    @classmethod
+    def load(cls, head: list[Any], payload: bytes) -> Self:
+        _, _, _, _, users = head
+        return cls(tuple(users))
+
+
+class Entry(NamedTuple):
+    """One handed-over unacked entry (its user is the ``Take``'s)."""
+
+    sid: int
+    tries: int
+    payload: bytes
+
+
+@attrs.define(slots=True)
+class Taken:
+    """Answer to ``Take``: the entries, in order, the receiver gave up."""
+
+    kind: ClassVar[str] = "taken"
+    entries: tuple[Entry, ...]
+
+    def dump(self, head: list[Any]) -> bytes:
+        rows = [[e.sid, e.tries, len(e.payload)] for e in self.entries]
+        head.append(rows)
+        return b"".join(e.payload for e in self.entries)
+
+    @classmethod
+    def load(cls, head: list[Any], payload: bytes) -> Self:
+        _, _, _, _, rows = head
+        out, at = [], 0
+        for sid, tries, size in rows:
+            out.append(Entry(int(sid), int(tries), payload[at : at + size]))
+            at += size
+        return cls(tuple(out))
+
+
+@attrs.define(slots=True)
+class Done:
+    """Answer to ``Kick`` / ``Retag``: whether the user was there; ``error`` when the
+    receiver refused the request as the caller's mistake (an invalid tag)."""
+
+    kind: ClassVar[str] = "done"
+    ok: bool
+    error: str = ""
+
+    def dump(self, head: list[Any]) -> bytes:
+        head += (self.ok, self.error)
+        return b""
+
+    @classmethod
+    def load(cls, head: list[Any], payload: bytes) -> Self:
+        _, _, _, _, ok, error = head
+        return cls(bool(ok), str(error))
+
+
+Request = Deliver | Take | Kick | Retag
+Reply = NotReached | Taken | Done
+Message = Deliver | Outcomes | Take | Kick | Retag | NotReached | Taken | Done
+REPLIES: tuple[type[Reply], ...] = (NotReached, Taken, Done)
+KINDS: dict[str, type[Message]] = {
+    cls.kind: cls for cls in (Deliver, Outcomes, Take, Kick, Retag, NotReached, Taken, Done)
+}
+
+
+def encode(message: Message, origin: int, ref: int = 0) -> bytes:
+    head: list[Any] = [VERSION, message.kind, origin, ref]
+    payload = message.dump(head)  # each class appends its fields
+    return orjson.dumps(head) + b"\n" + payload
+
+
+def decode(data: bytes) -> tuple[int, int, Message]:
+    """(origin, ref, message) of ``data``; raises ``Refused`` when it is not a message
+    of this node's version and kinds."""
+    cut = data.find(b"\n")
+    try:
+        head = orjson.loads(data[:cut]) if cut >= 0 else None
+    except orjson.JSONDecodeError:
+        head = None
+    if type(head) is not list or len(head) < 4 or head[0] != VERSION:
+        version, origin = _version_of(head)
+        if version is None:
+            raise Refused("unreadable", "not a message of any wire version", origin)
+        raise Refused(
+            f"v{version}", f"wire version {version!r} (this node speaks {VERSION})", origin
+        )
+    cls = KINDS.get(head[1])
+    if cls is None:
+        kind = head[1]
+        raise Refused(f"kind {kind}", f"unknown kind {kind!r} of wire version {VERSION}", head[2])
+    try:
+        message = cls.load(head, data[cut + 1 :])
+    except (TypeError, ValueError) as exc:
+        kind = head[1]
+        raise Refused(f"bad {kind}", f"malformed {kind!r}: {exc}", head[2]) from None
+    return head[2], head[3], message
+
+
+def _version_of(head: object) -> tuple[object, object]:
+    """(version, origin) as far as a foreign header says: ``[v, kind, origin, ...]``
+    or a JSON object with ``v`` (the unversioned format before version 1 had none)."""
+    if isinstance(head, list) and head:
+        return head[0], head[2] if len(head) > 2 else None
+    if isinstance(head, dict):
+        return head.get("v", 0), head.get("o")
+    return None, None

@@ -183,7 +183,9 @@ async def latency_run(
     from im_core import Options, Server
     from im_core.plugins import get_plugin_manager
 
-    opts = Options(host="127.0.0.1", http_port=0, rpc_port=0, broker=broker, plugin=plugin)
+    opts = Options.from_values(
+        host="127.0.0.1", http_port=0, rpc_port=0, broker=broker, plugin=plugin
+    )
     a = Server(opts, get_plugin_manager((), autoload=False))
     await a.start()
     try:

@@ -22,30 +22,29 @@ from typing import Any
 
 import attrs
 
-from .options import HELP, Options
+from .options import Options, checked, flag, settable
 from .plugins import Hooks, PluginError, get_plugin_manager, plugin_table
 from .server import ConfigError, Server
 
 log = logging.getLogger("im")
-_SKIP = {"plugins", "plugin"}
 
 
 class UsageError(Exception):
     """A bad option value: printed as one line, exit status 2."""
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+class Declared:
+    """The options: the node's own and each plugin's class (``im_add_options``)."""
 
+    def __init__(self, pm: Any) -> None:
+        self.classes = Hooks(pm).option_classes()
 
-def _plugin_options(pm: Any) -> dict[str, dict[str, Any]]:
-    declared: dict[str, dict[str, Any]] = {}
-
-    def add(name: str, default: Any, help: str, type: Any = str, choices: Any = None) -> None:
-        declared[name] = {"default": default, "help": help, "type": type, "choices": choices}
-
-    Hooks(pm).add_options(add)
-    return declared
+    def fields(self) -> list[attrs.Attribute[Any]]:
+        """Every settable field: the node's, then each plugin class's."""
+        found = settable(Options)
+        for cls in self.classes:
+            found.extend(settable(cls))
+        return found
 
 
 def _help(text: str, default: Any) -> str:
@@ -54,7 +53,7 @@ def _help(text: str, default: Any) -> str:
     return f"{text} (default: {default})"
 
 
-def build_parser(plugin_opts: dict[str, dict[str, Any]]) -> argparse.ArgumentParser:
+def build_parser(declared: Declared) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="im-run", description="im: a real-time push server (WebSocket + gRPC + HTTP)."
     )
@@ -74,35 +73,15 @@ def build_parser(plugin_opts: dict[str, dict[str, Any]]) -> argparse.ArgumentPar
         help="load a plugin (entry-point name or module); no:NAME blocks one",
     )
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
-    for field in attrs.fields(Options):
-        if field.name in _SKIP:
-            continue
+    for field in declared.fields():
         parser.add_argument(
-            _flag(field.name),
+            flag(field.name),
             dest=field.name,
             default=None,
             metavar=field.name.upper(),
-            help=_help(HELP.get(field.name, ""), field.default),
-        )
-    for name, spec in plugin_opts.items():
-        parser.add_argument(
-            _flag(name),
-            dest=f"plugin:{name}",
-            default=None,
-            choices=spec["choices"],
-            metavar=name.upper(),
-            help=_help(spec["help"], spec["default"]),
+            help=_help(field.metadata["help"], field.default),
         )
     return parser
-
-
-def _convert(option: str, value: Any, kind: Any) -> Any:
-    if value is None or not callable(kind) or isinstance(value, kind):
-        return value
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{_flag(option)}: invalid value {value!r}") from None
 
 
 def _load_config(path: str | None) -> dict[str, Any]:
@@ -119,11 +98,12 @@ def _load_config(path: str | None) -> dict[str, Any]:
 
 
 def resolve_options(
-    args: argparse.Namespace, plugins: Sequence[str], plugin_opts: dict[str, dict[str, Any]]
+    args: argparse.Namespace, plugins: Sequence[str], declared: Declared
 ) -> Options:
     """Merge flags, environment, config file and defaults into validated Options."""
     config = _load_config(args.config or os.environ.get("IM_CONFIG"))
-    known = {f.name for f in attrs.fields(Options)} | set(plugin_opts)
+    fields = declared.fields()
+    known = {f.name for f in fields}
     unknown = sorted(set(config) - known)
     if unknown:
         raise UsageError(f"--config: unknown option {unknown[0]!r}")
@@ -137,31 +117,15 @@ def resolve_options(
         return config.get(name)
 
     values: dict[str, Any] = {}
-    for field in attrs.fields(Options):
-        if field.name in _SKIP:
-            continue
+    for field in fields:  # check one by one so errors name the option
         value = pick(field.name, getattr(args, field.name))
         if value is not None:
-            values[field.name] = value
-    extra: dict[str, Any] = {}
-    for name, spec in plugin_opts.items():
-        value = pick(name, getattr(args, f"plugin:{name}"))
-        value = spec["default"] if value is None else _convert(name, value, spec["type"])
-        if spec["choices"] and value not in spec["choices"]:
-            raise UsageError(f"{_flag(name)}: must be one of {list(spec['choices'])}")
-        extra[name] = value
-    fields = attrs.fields_dict(Options)
-    for name, value in values.items():  # check one by one so errors name the option
-        field = fields[name]
-        try:
-            if field.converter is not None:
-                value = values[name] = field.converter(value)  # type: ignore[operator]
-            if field.validator is not None:
-                field.validator(None, field, value)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"{_flag(name)}: {exc}") from None
+            try:
+                values[field.name] = checked(field, value)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
     try:
-        return Options(**values, plugins=tuple(plugins), plugin=extra)
+        return Options.from_values(values, plugins=tuple(plugins))
     except (TypeError, ValueError) as exc:
         raise UsageError(f"--{str(exc).split(':')[0].replace('_', '-')}: {exc}") from None
 
@@ -180,9 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     plugins = _plugins_from(argv)
     try:
         pm = get_plugin_manager(plugins)
-        plugin_opts = _plugin_options(pm)
-        args = build_parser(plugin_opts).parse_args(argv)
-        options = resolve_options(args, plugins, plugin_opts)
+        declared = Declared(pm)
+        args = build_parser(declared).parse_args(argv)
+        options = resolve_options(args, plugins, declared)
     except (PluginError, UsageError) as exc:
         print(f"im-run: error: {exc}", file=sys.stderr)
         return 2

@@ -44,11 +44,15 @@ hookimpl = pluggy.HookimplMarker("im")
 
 @hookspec(historic=True)
 def im_add_options(add: Callable[..., None]) -> None:
-    """Declare options of a plugin.
+    """Declare a plugin's options: ``add(MyOptions)`` with an attrs class whose
+    fields are made with ``im_core.options.option(default, help, converter=...,
+    validator=...)``.
 
-    Call ``add(name, default, help, type=str, choices=None)`` for each option. Each
-    becomes a CLI flag (``--name-with-dashes``), an environment variable
-    (``IM_NAME``) and a TOML key; its value is in ``server.options.plugin[name]``.
+    Each field becomes a CLI flag (``--name-with-dashes``), an environment variable
+    (``IM_NAME``) and a TOML key, validated by its own converter and validator (use
+    ``im_core.options.to_bool`` for booleans). Read the values with
+    ``server.options.of(MyOptions)``. Field names share one namespace with the
+    node's own options: prefix them with the plugin's name.
     """
 
 

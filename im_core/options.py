@@ -1,106 +1,164 @@
-"""Server options: typed, validated, with the original service's defaults.
+"""Options: typed attrs classes, validated, with the original service's defaults.
 
-Every field is settable from the command line (``--http-port``), the environment
-(``IM_HTTP_PORT``) and a TOML file (``http_port = 8080``); see ``im_core.cli``.
-Plugins add their own options through the ``im_add_options`` hook; their values
-live in ``Options.plugin``.
+``Options`` holds the node's own settings. Each plugin owns its settings in a class
+of its own, declared through the ``im_add_options`` hook (``add(HttpOptions)``)
+and read with ``server.options.of(HttpOptions)``. A field's help text travels with
+it (``option(default, help, ...)``); the command line (``--http-port``), the
+environment (``IM_HTTP_PORT``) and a TOML file (``http_port = 8080``) are all
+generated from the fields, core and plugin alike (``im_core.cli``).
+
+Programs that build a server themselves pass plugin settings by name in
+``Options(plugin={"http_port": 0})``, or everything flat with
+``Options.from_values(http_port=0, heartbeat_interval=5)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
 
 import attrs
 from attrs import validators as v
 
-CODECS = ("json", "protobuf")
 MESSAGE_TYPES = ("text", "binary")
+T = TypeVar("T")
 
 
-def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+def option(
+    default: Any,
+    help: str,
+    *,
+    converter: Any = None,
+    validator: Any = None,
+) -> Any:
+    """A settable field: flag, ``IM_*`` variable and TOML key, with its help text."""
+    return attrs.field(
+        default=default, converter=converter, validator=validator, metadata={"help": help}
+    )
+
+
+def positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
         raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
 
 
-def _not_negative(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+def not_negative(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     if value < 0:
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+def port(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{attribute.name} must be a port number 0-65535, got {value!r}")
+
+
+_TRUE = frozenset(("1", "true", "yes", "on"))
+_FALSE = frozenset(("0", "false", "no", "off", ""))
+
+
+def to_bool(value: Any) -> bool:
+    """Booleans as people write them in flags, variables and files."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def optional_int(value: Any) -> int | None:
+    return None if value is None or value == "" else int(value)
 
 
 def _strings(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _port(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
-    if not 0 <= value <= 65535:
-        raise ValueError(f"{attribute.name} must be a port number 0-65535, got {value!r}")
-
-
 @attrs.define(kw_only=True)
 class Options:
-    """Options of one im node. Defaults follow the original service (its README and behaviour)."""
+    """Options of one im node. Defaults follow the original service."""
 
-    host: str = attrs.field(default="0.0.0.0", validator=v.instance_of(str))
-    http_port: int = attrs.field(default=8080, converter=int, validator=_port)
-    rpc_port: int = attrs.field(default=8081, converter=int, validator=_port)
-    codec: str = attrs.field(default="json", validator=v.in_(CODECS))
-    message_type: str = attrs.field(default="text", validator=v.in_(MESSAGE_TYPES))
-    heartbeat_interval: float = attrs.field(default=120.0, converter=float, validator=_positive)
-    bucket_number: int = attrs.field(default=64, converter=int, validator=_positive)
-    bucket_size: int = attrs.field(default=256, converter=int, validator=_positive)
-    # Frames a connection may hold back while its socket takes nothing more; past
-    # this the connection is closed as a slow consumer.
-    client_buffer: int = attrs.field(default=8, converter=int, validator=_positive)
-    # Byte bound on the same backlog (frames not yet taken by the kernel).
-    client_buffer_bytes: int = attrs.field(default=1 << 20, converter=int, validator=_positive)
-    broadcast_buffer: int = attrs.field(default=200, converter=int, validator=_positive)
-    broadcast_workers: int = attrs.field(default=10, converter=int, validator=_positive)
-    # Largest message a client may send (bytes, all fragments together); past it: 1009.
-    max_frame_size: int = attrs.field(default=64 * 1024, converter=int, validator=_positive)
-    # Largest payload a backend may push (bytes). gRPC's default receive size, so
-    # every payload the original service accepted is accepted; the gRPC receive
-    # limit and the HTTP body limit follow it (plus framing, base64 and JSON).
-    max_message_size: int = attrs.field(default=4 << 20, converter=int, validator=_positive)
-    ack_interval: float = attrs.field(default=5.0, converter=float, validator=_positive)
-    ack_max_tries: int = attrs.field(default=3, converter=int, validator=_positive)
-    # Unacked messages kept for a user who is offline, redelivered on reconnect.
-    ack_keep_offline: float = attrs.field(default=60.0, converter=float, validator=_positive)
-    tag_cleanup_interval: float = attrs.field(default=20.0, converter=float, validator=_positive)
-    tag_empty_ttl: float = attrs.field(default=60.0, converter=float, validator=_positive)
-    drain_timeout: float = attrs.field(default=5.0, converter=float, validator=_positive)
-    # --- edge limits: what one client or caller may take (docs/protocol.md, "Limits")
-    # A socket that sends no byte this long after it was accepted is closed unanswered.
-    idle_timeout: float = attrs.field(default=10.0, converter=float, validator=_positive)
-    # Time from accept to the end of the first request's head; past it: 408.
-    header_timeout: float = attrs.field(default=10.0, converter=float, validator=_positive)
-    # Time an API request's body may take (a gap between chunks for push_stream); 408.
-    body_timeout: float = attrs.field(default=30.0, converter=float, validator=_positive)
-    # An idle keep-alive API connection (or a later request head) is closed after this.
-    keepalive_timeout: float = attrs.field(default=75.0, converter=float, validator=_positive)
-    max_header_size: int = attrs.field(default=16 << 10, converter=int, validator=_positive)
-    max_headers: int = attrs.field(default=100, converter=int, validator=_positive)
-    # Fragments one client message may be split into; past it: 1009.
-    max_fragments: int = attrs.field(default=1024, converter=int, validator=_positive)
-    # Frames (any kind) one connection may send per second; past it: 4002. 0 = no limit.
-    max_inbound_rate: int = attrs.field(default=1000, converter=int, validator=_not_negative)
-    max_user_id_length: int = attrs.field(default=256, converter=int, validator=_positive)
-    max_tags: int = attrs.field(default=256, converter=int, validator=_positive)
-    # Open sockets on the HTTP port (0 = the open-files limit less a reserve); past it: 503.
-    max_connections: int = attrs.field(default=0, converter=int, validator=_not_negative)
-    # Open sockets per client address (0 = no limit: NAT puts many users behind one); 429.
-    max_connections_per_ip: int = attrs.field(default=0, converter=int, validator=_not_negative)
-    # New sockets per second per client address (0 = no limit); past it: 429.
-    max_connect_rate_per_ip: int = attrs.field(default=0, converter=int, validator=_not_negative)
-    # Total bytes of one HTTP push_stream body; past it: 413.
-    max_stream_body: int = attrs.field(default=64 << 20, converter=int, validator=_positive)
-    # Concurrent gRPC calls (unary and streams) on the gRPC port; past it: RESOURCE_EXHAUSTED.
-    max_concurrent_rpcs: int = attrs.field(default=10_000, converter=int, validator=_positive)
-    broker: str = attrs.field(default="memory", validator=v.instance_of(str))
-    node_id: int | None = attrs.field(default=None, converter=attrs.converters.optional(int))
-    api_key: str | None = attrs.field(default=None)
+    host: str = option("0.0.0.0", "address the listeners bind", validator=v.instance_of(str))
+    codec: str = option(
+        "json",
+        "default codec of pushes: json, protobuf, or a plugin's (checked at start)",
+        validator=v.instance_of(str),
+    )
+    message_type: str = option(
+        "text", "default frame type of pushes: text|binary", validator=v.in_(MESSAGE_TYPES)
+    )
+    heartbeat_interval: float = option(
+        120.0, "seconds; a connection silent for 2x this is closed", converter=float,
+        validator=positive,
+    )
+    bucket_number: int = option(
+        64, "number of connection buckets (shards)", converter=int, validator=positive
+    )
+    client_buffer: int = option(
+        8, "frames a congested connection may hold back before it is closed",
+        converter=int, validator=positive,
+    )
+    client_buffer_bytes: int = option(
+        1 << 20, "bytes a congested connection may hold back before it is closed",
+        converter=int, validator=positive,
+    )
+    broadcast_buffer: int = option(
+        200, "capacity of the broadcast queue", converter=int, validator=positive
+    )
+    broadcast_workers: int = option(
+        10, "workers serving the broadcast queue", converter=int, validator=positive
+    )
+    # gRPC's default receive size, so every payload the original service accepted is
+    # accepted; the push APIs' request limits follow it (plus framing, base64, JSON).
+    max_message_size: int = option(
+        4 << 20, "largest pushed payload in bytes (the APIs' request limits follow)",
+        converter=int, validator=positive,
+    )
+    ack_interval: float = option(
+        5.0, "seconds between re-sends of an unacked message", converter=float,
+        validator=positive,
+    )
+    ack_max_tries: int = option(
+        3, "sends of an acked message before it expires", converter=int, validator=positive
+    )
+    ack_keep_offline: float = option(
+        60.0, "seconds unacked messages wait for an offline user to return",
+        converter=float, validator=positive,
+    )
+    tag_cleanup_interval: float = option(
+        20.0, "seconds between sweeps of empty tag groups", converter=float, validator=positive
+    )
+    tag_empty_ttl: float = option(
+        60.0, "an empty tag group older than this many seconds is dropped",
+        converter=float, validator=positive,
+    )
+    drain_timeout: float = option(
+        5.0, "seconds to wait for in-flight calls and queued pushes on shutdown",
+        converter=float, validator=positive,
+    )
+    max_user_id_length: int = option(
+        256, "longest user id a validate plugin may return (else 400)",
+        converter=int, validator=positive,
+    )
+    max_tags: int = option(
+        256, "most tags on one connection (else 400)", converter=int, validator=positive
+    )
+    broker: str = option(
+        "memory", "broker plugin: memory (single node), redis, nats",
+        validator=v.instance_of(str),
+    )
+    node_id: int | None = option(
+        None, "node number 0-1023 (default: chosen by the broker)", converter=optional_int
+    )
+    api_key: str | None = option(
+        None, "key the push APIs require (Bearer / X-API-Key / x-api-key)"
+    )
     plugins: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    #: Plugin settings by name, as given (plugins read them through ``of``).
     plugin: dict[str, Any] = attrs.field(factory=dict)
+    _typed: dict[type, Any] = attrs.field(factory=dict, init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         if self.codec == "protobuf" and self.message_type == "text":
@@ -111,50 +169,52 @@ class Options:
         if self.node_id is not None and not 0 <= int(self.node_id) < 1024:
             raise ValueError(f"node_id must be 0-1023, got {self.node_id!r}")
 
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any] | None = None, **more: Any) -> Options:
+        """Options from one flat namespace (as the CLI and TOML have it): the node's
+        own fields by name, everything else for the plugins."""
+        given = {**(values or {}), **more}
+        own = {f.name for f in attrs.fields(cls) if f.init}
+        plugin = {k: v for k, v in given.items() if k not in own}
+        plugin.update(given.get("plugin", {}))
+        return cls(**{k: v for k, v in given.items() if k in own and k != "plugin"}, plugin=plugin)
+
+    def of(self, cls: type[T]) -> T:
+        """A plugin's options class filled from ``plugin`` (defaults for the rest)."""
+        found = self._typed.get(cls)
+        if found is None:
+            plugin = self.plugin
+            given = {
+                f.name: checked(f, plugin[f.name])
+                for f in attrs.fields(cls)  # type: ignore[arg-type]
+                if f.name in plugin
+            }
+            found = self._typed[cls] = cls(**given)
+        return found
+
     @property
     def sweep_interval(self) -> float:
         """How often each bucket checks liveness: often enough to catch 2 x interval."""
         return min(10.0, self.heartbeat_interval / 2)
 
 
-#: Fields the CLI, environment and TOML file may set, with their help text.
-HELP: dict[str, str] = {
-    "host": "address to listen on",
-    "http_port": "WebSocket + HTTP API port",
-    "rpc_port": "gRPC port",
-    "codec": "default codec for server->client frames: json|protobuf",
-    "message_type": "default WebSocket frame type: text|binary",
-    "heartbeat_interval": "seconds; a connection silent for 2x this is closed",
-    "bucket_number": "number of connection buckets (shards)",
-    "bucket_size": "expected connections per bucket (sizing hint)",
-    "client_buffer": "frames a congested connection may hold back before it is closed",
-    "client_buffer_bytes": "bytes a congested connection may hold back before it is closed",
-    "broadcast_buffer": "capacity of the broadcast queue",
-    "broadcast_workers": "workers serving the broadcast queue",
-    "max_frame_size": "largest client message in bytes (all fragments); past it: close 1009",
-    "max_message_size": "largest pushed payload in bytes (HTTP body and gRPC limits follow)",
-    "ack_interval": "seconds between re-sends of an unacked message",
-    "ack_max_tries": "sends of an acked message before it expires",
-    "ack_keep_offline": "seconds unacked messages wait for an offline user to return",
-    "tag_cleanup_interval": "seconds between sweeps of empty tag groups",
-    "tag_empty_ttl": "an empty tag group older than this many seconds is dropped",
-    "drain_timeout": "seconds to wait for queues to drain on shutdown",
-    "idle_timeout": "seconds a new socket may stay silent before it is closed",
-    "header_timeout": "seconds from accept to a complete request head (else 408)",
-    "body_timeout": "seconds an API request body may take; push_stream: between chunks (408)",
-    "keepalive_timeout": "seconds an idle keep-alive API connection stays open",
-    "max_header_size": "largest request head in bytes (else 431)",
-    "max_headers": "most header lines in a request (else 431)",
-    "max_fragments": "most fragments in one client message (else close 1009)",
-    "max_inbound_rate": "frames a connection may send per second, 0 = no limit (else 4002)",
-    "max_user_id_length": "longest user id a validate plugin may return (else 400)",
-    "max_tags": "most tags on one connection (else 400)",
-    "max_connections": "open sockets on the HTTP port, 0 = open-files limit less a reserve (503)",
-    "max_connections_per_ip": "open sockets per client address, 0 = no limit (else 429)",
-    "max_connect_rate_per_ip": "new sockets per second per client address, 0 = no limit (429)",
-    "max_stream_body": "largest HTTP push_stream body in bytes (else 413)",
-    "max_concurrent_rpcs": "concurrent gRPC calls (else RESOURCE_EXHAUSTED)",
-    "broker": "broker plugin: memory (single node), redis, nats",
-    "node_id": "node number 0-1023 (default: chosen by the broker)",
-    "api_key": "key the push APIs require (Bearer / X-API-Key / x-api-key)",
-}
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def checked(field: attrs.Attribute[Any], value: Any) -> Any:
+    """``value`` converted and validated as ``field`` would; ``ValueError`` naming
+    the option's flag otherwise."""
+    try:
+        if field.converter is not None:
+            value = field.converter(value)  # type: ignore[operator]
+        if field.validator is not None:
+            field.validator(None, field, value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{flag(field.name)}: {exc}") from None
+    return value
+
+
+def settable(cls: type) -> list[attrs.Attribute[Any]]:
+    """The fields of an options class that flags, variables and files may set."""
+    return [f for f in attrs.fields(cls) if f.init and "help" in f.metadata]

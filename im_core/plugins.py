@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import attrs
 import pluggy
 
 from . import hookspecs
@@ -140,8 +141,18 @@ class Hooks:
         """Whether anyone implements ``im_receive`` now (a plugin may come late)."""
         return bool(self._hook.im_receive.get_hookimpls())
 
-    def add_options(self, add: Callable[..., None]) -> None:
+    def option_classes(self) -> list[type]:
+        """The options classes plugins declared (each once, in declaration order)."""
+        found: list[type] = []
+
+        def add(cls: type) -> None:
+            if not attrs.has(cls):
+                raise TypeError(f"im_add_options: add() takes an attrs class, got {cls!r}")
+            if cls not in found:  # several plugins may share one class
+                found.append(cls)
+
         self._hook.im_add_options.call_historic(kwargs={"add": add})
+        return found
 
     def codecs(self) -> dict[str, Codec]:
         found: dict[str, Codec] = {}

@@ -26,7 +26,7 @@ from .codec import Codec
 from .connection import Connection, Format, Outbox
 from .connections import Connections, presence_of
 from .errors import CloseCode, InvalidArgument, NotFound, PayloadTooLarge
-from .options import Options
+from .options import Options, flag
 from .outcomes import OutcomeFeed
 from .plugins import Hooks, get_plugin_manager
 from .tags import TagIndex, TagStat
@@ -115,8 +115,12 @@ class Server:
         loop = asyncio.get_running_loop()
         self.loop = loop
         self.outbox = Outbox(loop)
+        self._check_options()
         self.codecs = self.hooks.codecs()
-        self.connections.format_for(None, None)  # the default codec must be registered
+        try:  # the default codec must be one a plugin registered
+            self.connections.format_for(None, None)
+        except InvalidArgument as exc:
+            raise ConfigError(f"--{exc}") from None
         broker = self.hooks.broker(self)
         if broker is None:
             raise ConfigError(f"broker: no plugin provides a broker named {self.options.broker!r}")
@@ -182,6 +186,19 @@ class Server:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    def _check_options(self) -> None:
+        """Every plugin setting is one a plugin declared, with a valid value."""
+        classes = self.hooks.option_classes()
+        known = {f.name for cls in classes for f in attrs.fields(cls)}
+        unknown = sorted(set(self.options.plugin) - known)
+        if unknown:
+            raise ConfigError(f"{flag(unknown[0])}: no plugin declares this option")
+        for cls in classes:
+            try:
+                self.options.of(cls)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
 
     def _cancel_timers(self) -> None:
         for handle in self._timers:

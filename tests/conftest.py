@@ -38,7 +38,7 @@ async def make_server() -> AsyncIterator[MakeServer]:
     servers: list[Server] = []
 
     async def make(*, plugins: tuple[Any, ...] = (), names: tuple[str, ...] = (), **kw: Any):
-        opts = Options(host="127.0.0.1", http_port=0, rpc_port=0, **kw)
+        opts = Options.from_values(host="127.0.0.1", http_port=0, rpc_port=0, **kw)
         pm = get_plugin_manager(names, autoload=False)
         for plugin in plugins:
             pm.register(plugin)

@@ -109,7 +109,7 @@ async def test_original_backend_needs_the_key_or_the_local_listener(
 )
 async def test_open_api_beyond_loopback_is_warned_about(caplog, host, key, warned) -> None:
     caplog.set_level(logging.WARNING)
-    options = Options(host=host, http_port=0, rpc_port=0, api_key=key)
+    options = Options.from_values(host=host, http_port=0, rpc_port=0, api_key=key)
     async with Server(options, get_plugin_manager(autoload=False)):
         pass
     warnings = [r.name for r in caplog.records if "set --api-key" in r.getMessage()]

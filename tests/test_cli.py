@@ -62,7 +62,7 @@ def test_config_file_errors_name_the_option(tmp_path) -> None:
 def test_plugins_command_lists_plugins_and_hooks(capsys) -> None:
     assert main(["plugins", "--plugin", "no:token_auth"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^http\s+im_register_transports$", out, re.M)
+    assert re.search(r"^http\s+im_add_options, im_register_transports$", out, re.M)
     assert re.search(r"^json_codec\s+im_register_codecs$", out, re.M)
     assert re.search(r"^token_auth\s+\(blocked\)$", out, re.M)
 

@@ -27,7 +27,7 @@ async def test_stop_delivers_queued_pushes_then_closes_1001() -> None:
 
     pm = get_plugin_manager(autoload=False)
     pm.register(Watch())
-    server = Server(Options(host="127.0.0.1", http_port=0, rpc_port=0), pm)
+    server = Server(Options.from_values(host="127.0.0.1", http_port=0, rpc_port=0), pm)
     await server.start()
     client = Client(ws_url(server), "last")
     await client.connect()
@@ -47,7 +47,7 @@ async def test_stop_delivers_queued_pushes_then_closes_1001() -> None:
 
 async def test_unknown_broker_is_a_config_error() -> None:
     server = Server(
-        Options(host="127.0.0.1", http_port=0, rpc_port=0, broker="carrier-pigeon"),
+        Options.from_values(host="127.0.0.1", http_port=0, rpc_port=0, broker="carrier-pigeon"),
         get_plugin_manager(autoload=False),
     )
     with pytest.raises(ConfigError, match="carrier-pigeon"):

@@ -64,7 +64,8 @@ async def _start(http_port: int, rpc_port: int, *plugins: Any) -> Server:
     pm = get_plugin_manager(autoload=False)
     for plugin in plugins:
         pm.register(plugin)
-    server = Server(Options(host="127.0.0.1", http_port=http_port, rpc_port=rpc_port), pm)
+    options = Options.from_values(host="127.0.0.1", http_port=http_port, rpc_port=rpc_port)
+    server = Server(options, pm)
     await server.start()
     return server
 
@@ -103,7 +104,8 @@ async def test_async_with_undoes_a_failed_start() -> None:
     http_port, rpc_port = _free_port(), _free_port()
     pm = get_plugin_manager(autoload=False)
     pm.register(StartupFails())
-    server = Server(Options(host="127.0.0.1", http_port=http_port, rpc_port=rpc_port), pm)
+    options = Options.from_values(host="127.0.0.1", http_port=http_port, rpc_port=rpc_port)
+    server = Server(options, pm)
     with pytest.raises(RuntimeError):
         async with server:
             pass
@@ -114,7 +116,7 @@ async def test_async_with_undoes_a_failed_start() -> None:
 async def test_unknown_default_codec_fails_start_cleanly() -> None:
     http_port = _free_port()
     pm = get_plugin_manager(["no:json_codec"], autoload=False)
-    server = Server(Options(host="127.0.0.1", http_port=http_port, rpc_port=0), pm)
+    server = Server(Options.from_values(host="127.0.0.1", http_port=http_port, rpc_port=0), pm)
     with pytest.raises(Exception, match="codec"):
         await server.start()
     assert _refused(http_port)

@@ -1,30 +1,57 @@
-"""Options every cluster broker reads; each broker plugin declares them."""
+"""Options of the cluster brokers: what every cluster broker reads
+(``ClusterOptions``, declared by both broker plugins) and each broker's URL."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
+import attrs
+from attrs import validators as v
 
-def add_options(add: Callable[..., None]) -> None:
-    add(
-        "broker_prefix",
+from im_core.options import option, positive
+
+
+@attrs.define(kw_only=True)
+class ClusterOptions:
+    broker_prefix: str = option(
         "im",
         "namespace of the cluster's keys/channels/subjects; clusters sharing one "
         "broker need distinct prefixes",
+        validator=v.instance_of(str),
     )
-    add(
-        "presence_ttl",
+    presence_ttl: float = option(
         10.0,
         "seconds a node's presence outlives its last heartbeat (heartbeat every ttl/3)",
-        type=float,
+        converter=float,
+        validator=positive,
     )
-    add(
-        "broker_timeout",
+    broker_timeout: float = option(
         1.0,
         "seconds to wait for the broker or a peer node before failing with UNAVAILABLE",
-        type=float,
+        converter=float,
+        validator=positive,
     )
+
+
+@attrs.define(kw_only=True)
+class RedisOptions:
+    redis_url: str = option(
+        "redis://127.0.0.1:6379/0", "Redis URL of the redis broker", validator=v.instance_of(str)
+    )
+
+
+@attrs.define(kw_only=True)
+class NatsOptions:
+    nats_url: str = option(
+        "nats://127.0.0.1:4222",
+        "NATS URL of the nats broker (JetStream enabled)",
+        validator=v.instance_of(str),
+    )
+
+
+def broker_settings(options: Any, own: type) -> dict[str, Any]:
+    """The cluster's and one broker's options, as the broker classes read them."""
+    return {**attrs.asdict(options.of(ClusterOptions)), **attrs.asdict(options.of(own))}
 
 
 def hold_ttl(options: Any) -> float:

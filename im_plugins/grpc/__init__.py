@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from im_core import hookimpl
 
+from .options import GrpcOptions
 from .transport import GrpcTransport
 
 if TYPE_CHECKING:
@@ -18,20 +19,11 @@ if TYPE_CHECKING:
 
 @hookimpl
 def im_add_options(add: Callable[..., None]) -> None:
-    add(
-        "rpc_local_port",
-        None,
-        "port of a loopback-only gRPC listener serving im.basic without the API key, "
-        "for original backends that cannot send one (default: off)",
-        type=int,
-    )
+    add(GrpcOptions)
 
 
 @hookimpl
 def im_register_transports(register: Callable[[Transport], None], server: Server) -> None:
     opts = server.options
-    register(
-        GrpcTransport(
-            opts.host, opts.rpc_port, opts.plugin.get("rpc_local_port"), opts.drain_timeout
-        )
-    )
+    own = opts.of(GrpcOptions)
+    register(GrpcTransport(opts.host, own.rpc_port, own.rpc_local_port, opts.drain_timeout))

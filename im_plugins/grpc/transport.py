@@ -18,6 +18,7 @@ from im_plugins.pb import basic_pb2, basic_pb2_grpc, im_v1_pb2, im_v1_pb2_grpc
 from .auth import ApiKeyInterceptor
 from .basic import BasicServicer
 from .checked import register
+from .options import GrpcOptions
 from .v1 import ImServicer
 
 if TYPE_CHECKING:
@@ -60,7 +61,8 @@ class GrpcTransport:
         opts = server.options
         grpc_server = grpc.aio.server(
             interceptors=interceptors,
-            maximum_concurrent_rpcs=opts.max_concurrent_rpcs,  # past it: RESOURCE_EXHAUSTED
+            # past it: RESOURCE_EXHAUSTED
+            maximum_concurrent_rpcs=opts.of(GrpcOptions).max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", request_limit(opts.max_message_size)),
                 ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from im_core import hookimpl
 
+from .options import HttpOptions
 from .transport import HttpTransport
 
 if TYPE_CHECKING:
@@ -16,5 +17,10 @@ if TYPE_CHECKING:
 
 
 @hookimpl
+def im_add_options(add: Callable[..., None]) -> None:
+    add(HttpOptions)
+
+
+@hookimpl
 def im_register_transports(register: Callable[[Transport], None], server: Server) -> None:
-    register(HttpTransport(server.options.host, server.options.http_port))
+    register(HttpTransport(server.options.host, server.options.of(HttpOptions).http_port))

@@ -30,6 +30,7 @@ from im_plugins.push_api.methods import ImMethods, ack_event
 
 from .errors import json_error
 from .openapi import document
+from .options import HttpOptions
 from .transcode import decode, encode
 
 log = logging.getLogger("im.http.api")
@@ -104,7 +105,7 @@ async def read_whole(request: web.Request) -> bytes:
 
 
 async def _read_in_time(request: web.Request, limit: int) -> bytes:
-    timeout = request.app[API_SERVER].options.body_timeout
+    timeout = request.app[API_SERVER].options.of(HttpOptions).body_timeout
     body = bytearray()
     try:
         async with asyncio.timeout(timeout):
@@ -158,7 +159,7 @@ async def push_stream(request: web.Request) -> web.StreamResponse:
     push = request.app[API_METHODS].push
     out = StreamReply(request)
     try:
-        limit = server.options.max_stream_body
+        limit = server.options.of(HttpOptions).max_stream_body
         if (request.content_length or 0) > limit:
             raise PayloadTooLarge(f"body: over max_stream_body ({limit} bytes)")
         async with contextlib.aclosing(_line_batches(request, server)) as batches:
@@ -254,10 +255,10 @@ async def _line_batches(request: web.Request, server: Server) -> AsyncIterator[l
     """Non-blank lines of the body, one list per chunk read. Past a limit it raises,
     after yielding the whole lines before the point where the limit was crossed."""
     line_limit = body_limit(server)
-    room = server.options.max_stream_body
+    room = server.options.of(HttpOptions).max_stream_body
     pending: list[bytes] = []  # pieces of the line not finished yet
     pending_size = 0
-    async for chunk in _chunks(request, server.options.body_timeout):
+    async for chunk in _chunks(request, server.options.of(HttpOptions).body_timeout):
         over = len(chunk) > room
         if over:
             chunk = chunk[:room]
@@ -276,7 +277,7 @@ async def _line_batches(request: web.Request, server: Server) -> AsyncIterator[l
             raise _too_large("line", line_limit)
         yield batch
         if over:
-            limit = server.options.max_stream_body
+            limit = server.options.of(HttpOptions).max_stream_body
             raise PayloadTooLarge(f"body: over max_stream_body ({limit} bytes)")
         if pending_size > line_limit:
             raise _too_large("line", line_limit)

@@ -34,6 +34,7 @@ from im_core.ratelog import RateLimitedLog
 from .errors import error_body
 from .gate import UNCOUNTED, Gate
 from .head import BadRequest, Head, accept_key, check_request, parse_head
+from .options import HttpOptions
 from .websocket import admit, register, switch
 
 if TYPE_CHECKING:
@@ -52,9 +53,9 @@ class Edge:
 
     def __init__(self, server: Server, http: Callable[[], asyncio.Protocol]) -> None:
         self.server = server
-        self.options = server.options
+        self.options = server.options.of(HttpOptions)
         self.http = http
-        self.gate = Gate(server.options)
+        self.gate = Gate(self.options)
         self.log = RateLimitedLog(log)
 
     def refused(self, status: int, message: str, peer: str | None) -> None:

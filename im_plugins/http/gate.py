@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import resource
 
-from im_core import Options
+from .options import HttpOptions
 
 #: Gate key of a socket that holds no place at the gate (nothing to release).
 UNCOUNTED = object()
@@ -28,7 +28,7 @@ def descriptor_budget() -> int:
 class Gate:
     __slots__ = ("_open", "_rate_at", "_recent", "max_total", "per_ip", "rate", "total")
 
-    def __init__(self, options: Options) -> None:
+    def __init__(self, options: HttpOptions) -> None:
         self.max_total = options.max_connections or descriptor_budget()
         self.per_ip = options.max_connections_per_ip
         self.rate = options.max_connect_rate_per_ip

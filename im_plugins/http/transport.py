@@ -9,6 +9,7 @@ from aiohttp import web
 
 from .api import PREFIX, api_app, body_limit
 from .front import Edge, FrontSite
+from .options import HttpOptions
 from .quiet import QuietServerLog
 from .websocket import SERVER, websocket
 
@@ -69,7 +70,7 @@ class HttpTransport:
         return app
 
     async def start(self, server: Server) -> None:
-        opts = server.options
+        opts = server.options.of(HttpOptions)
         self._runner = web.AppRunner(
             self.build_app(server),
             handle_signals=False,

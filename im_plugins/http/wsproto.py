@@ -309,7 +309,7 @@ class WsProtocol(asyncio.Protocol):
         elif opcode == OP_PING:
             transport = self.transport
             # A client that pings but does not read gets no more pongs than fit.
-            if transport.get_write_buffer_size() < self._edge.options.client_buffer_bytes:
+            if transport.get_write_buffer_size() < self._edge.server.options.client_buffer_bytes:
                 transport.write(frame(OP_PONG, payload))
         elif opcode == OP_PONG:
             pass  # liveness is already refreshed

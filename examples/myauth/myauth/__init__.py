@@ -20,7 +20,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import attrs
+
 from im_core import ConnectRequest, Identity, Reject, hookimpl
+from im_core.options import option
 
 SECRET_ENV = "MYAUTH_SECRET"
 
@@ -59,14 +62,19 @@ def check_token(token: str, secret: str, now: float | None = None) -> Identity |
     return Identity(claims["sub"], tags=tuple(claims.get("tags") or ()))
 
 
+@attrs.define(kw_only=True)
+class MyauthOptions:
+    myauth_secret: str | None = option(None, "HMAC secret for myauth tokens (env MYAUTH_SECRET)")
+
+
 @hookimpl
 def im_add_options(add: Callable[..., None]) -> None:
-    add("myauth_secret", None, "HMAC secret for myauth tokens (env MYAUTH_SECRET)")
+    add(MyauthOptions)
 
 
 @hookimpl
 def im_validate(server: Any, request: ConnectRequest) -> Identity | Reject:
-    secret = server.options.plugin.get("myauth_secret") or os.environ.get(SECRET_ENV)
+    secret = server.options.of(MyauthOptions).myauth_secret or os.environ.get(SECRET_ENV)
     if not secret:
         return Reject("server misconfigured: no myauth secret", 500)
     if not request.token:

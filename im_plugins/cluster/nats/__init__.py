@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from im_core import hookimpl
 
-from ..options import add_options, hold_ttl
+from ..options import ClusterOptions, NatsOptions, broker_settings, hold_ttl
 
 if TYPE_CHECKING:
     from im_core.broker import Broker
@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
 @hookimpl
 def im_add_options(add: Callable[..., None]) -> None:
-    add("nats_url", "nats://127.0.0.1:4222", "NATS URL of the nats broker (JetStream enabled)")
-    add_options(add)
+    add(ClusterOptions)
+    add(NatsOptions)
 
 
 @hookimpl
@@ -39,4 +39,4 @@ def im_broker(server: Server) -> Broker | None:
         ) from exc
 
     opts = server.options
-    return NatsBroker(opts.plugin, opts.node_id, hold_ttl(opts))
+    return NatsBroker(broker_settings(opts, NatsOptions), opts.node_id, hold_ttl(opts))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from im_core import hookimpl
 
-from ..options import add_options, hold_ttl
+from ..options import ClusterOptions, RedisOptions, broker_settings, hold_ttl
 
 if TYPE_CHECKING:
     from im_core.broker import Broker
@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 @hookimpl
 def im_add_options(add: Callable[..., None]) -> None:
-    add("redis_url", "redis://127.0.0.1:6379/0", "Redis URL of the redis broker")
-    add_options(add)
+    add(ClusterOptions)
+    add(RedisOptions)
 
 
 @hookimpl
@@ -38,4 +38,4 @@ def im_broker(server: Server) -> Broker | None:
         ) from exc
 
     opts = server.options
-    return RedisBroker(opts.plugin, opts.node_id, hold_ttl(opts))
+    return RedisBroker(broker_settings(opts, RedisOptions), opts.node_id, hold_ttl(opts))

@@ -190,7 +190,7 @@ async def serve(server: Server) -> int:
         server.options.codec,
     )
     await stop.wait()
-    log.info("shutting down: closing %d connections", server.local_count())
+    log.info("shutting down: closing %d connections", server.local.local_count())
     await server.stop()
     return 0
 

@@ -23,9 +23,10 @@ from .broadcast import BroadcastQueue
 from .broker import Broker, Kind, Presence, Push
 from .bucket import Buckets
 from .codec import Codec
-from .connection import Connection, Format, Outbox
-from .connections import Connections, presence_of
+from .connection import Outbox
+from .connections import Connections
 from .errors import CloseCode, InvalidArgument, NotFound, PayloadTooLarge
+from .local_node import Node
 from .options import Options, flag
 from .outcomes import OutcomeFeed
 from .plugins import Hooks, get_plugin_manager
@@ -86,6 +87,7 @@ class Server:
         self._timers: list[Any] = []
         self._stack = AsyncExitStack()
         self.connections = Connections(self)
+        self.local = Node(self)
         opts = self.options
         self.queue = BroadcastQueue(opts.broadcast_buffer, opts.broadcast_workers, self._publish)
 
@@ -126,7 +128,7 @@ class Server:
             raise ConfigError(f"broker: no plugin provides a broker named {self.options.broker!r}")
         self.broker = broker
         stack.push_async_callback(broker.stop)
-        self.node_id = await broker.start(self)
+        self.node_id = await broker.start(self.local)
         stack.push_async_callback(self._wait_tasks)  # they may still need the broker
         self.sids = SidAllocator(self.node_id)
         opts = self.options
@@ -256,7 +258,7 @@ class Server:
         """Send the outcome to the node that allocated the sid (this one, usually)."""
         origin = node_of(outcome.sid)
         if origin == self.node_id or self.broker is None or not self.broker.report(origin, outcome):
-            self.ack_outcome(outcome)
+            self.local.ack_outcome(outcome)
 
     # --- the push API ------------------------------------------------------------------
 
@@ -355,94 +357,6 @@ class Server:
             raise InvalidArgument(f"add: more than {self.options.max_tags} tags (max_tags)")
         assert self.broker is not None
         return await self.broker.retag(user_id, add, remove)
-
-    # --- LocalNode: what the broker calls -------------------------------------------
-
-    def deliver(self, push: Push) -> list[str]:
-        """Deliver ``push`` to this node's connections, encoding once per format."""
-        cache: dict[Format, bytes] = {}
-        sid, payload = push.sid, push.payload
-        track = self.acks.track if sid else None
-        if push.kind == "users":
-            missing = []
-            get = self.buckets.get
-            for user in push.users:
-                conn = get(user)
-                if conn is None:
-                    missing.append(user)
-                    continue
-                frame = cache.get(conn.fmt)
-                if frame is None:
-                    frame = cache[conn.fmt] = conn.fmt.build(sid, payload)
-                if not conn.send(frame):
-                    missing.append(user)
-                elif track is not None:
-                    track(user, sid, payload)
-            return missing
-        if push.kind == "all":
-            conns: Iterable[Connection] = list(self.buckets)
-        elif push.kind == "tags_any":
-            conns = self.tags.any_of(push.tags)
-        else:
-            conns = self.tags.all_of(push.tags)
-        fmt: Format | None = None
-        frame = b""
-        for conn in conns:
-            if conn.fmt is not fmt:  # connections mostly share one format: skip the lookup
-                fmt = conn.fmt
-                frame = cache.get(fmt) or cache.setdefault(fmt, fmt.build(sid, payload))
-            if conn.send(frame) and track is not None:
-                track(conn.user_id, sid, payload)
-        return []
-
-    def local_presence(self, user_id: str) -> Presence | None:
-        conn = self.buckets.get(user_id)
-        return None if conn is None else presence_of(conn, self.node_id)
-
-    def local_count(self) -> int:
-        return len(self.buckets)
-
-    def local_distribution(self) -> dict[str, TagStat]:
-        return self.tags.distribution()
-
-    def kick_local(self, user_id: str, code: int, reason: str, conn_id: str | None) -> bool:
-        conn = self.buckets.get(user_id)
-        if conn is None or (conn_id is not None and conn.conn_id != conn_id):
-            return False
-        conn.close(code, reason)
-        return True
-
-    def retag_local(self, user_id: str, add: tuple[str, ...], remove: tuple[str, ...]) -> bool:
-        conn = self.buckets.get(user_id)
-        if conn is None:
-            return False
-        if len((conn.tags - set(remove)) | set(add)) > self.options.max_tags:
-            raise InvalidArgument(
-                f"retag: {user_id!r} would have more than {self.options.max_tags} tags (max_tags)"
-            )
-        self.tags.remove(conn, remove)
-        self.tags.add(conn, add, time.time())
-        return True
-
-    def has_unacked(self, user_id: str) -> bool:
-        return self.acks.has(user_id)
-
-    def take_unacked(self, user_id: str) -> list[Unacked]:
-        if self.buckets.get(user_id) is not None:
-            return []  # the user is (again) connected here: the entries stay
-        return self.acks.take(user_id)
-
-    def adopt_unacked(self, user_id: str, entries: list[Unacked]) -> None:
-        conn = self.buckets.get(user_id)
-        for handed in entries:
-            entry = self.acks.adopt(user_id, handed.sid, handed.payload, handed.tries)
-            if entry is not None and conn is not None:
-                if conn.send(conn.fmt.build(entry.sid, entry.payload)):
-                    self.acks.redelivered(entry)
-
-    def ack_outcome(self, outcome: AckOutcome) -> None:
-        self.outcomes.publish(outcome)
-        self.spawn(self.hooks.ack_outcome(self, outcome))
 
     # --- stats -------------------------------------------------------------------------
 

@@ -61,13 +61,13 @@ def broker_options(broker: str, prefix: str, url: str | None = None, **kw: Any) 
 def record_deliveries(server: Server) -> list[Push]:
     """Record every push the broker hands to ``server`` (to assert routing)."""
     seen: list[Push] = []
-    deliver = server.deliver
+    deliver = server.local.deliver
 
     def spy(push: Push) -> list[str]:
         seen.append(push)
         return deliver(push)
 
-    server.deliver = spy  # type: ignore[method-assign]
+    server.local.deliver = spy  # type: ignore[method-assign]
     return seen
 
 

@@ -35,7 +35,7 @@ async def acking(make_server):
 async def test_receipt_fires_acked_and_stops_resends(acking, connect) -> None:
     server, log = acking
     client = await connect(server, "ann")
-    await eventually(lambda: server.local_count() == 1)
+    await eventually(lambda: server.local.local_count() == 1)
     result = await server.push("ann", b"important", ack=True)
     assert result.sid > 0 and node_of(result.sid) == 7
     msg = await client.receive()
@@ -50,7 +50,7 @@ async def test_receipt_fires_acked_and_stops_resends(acking, connect) -> None:
 async def test_unacked_message_is_resent_then_expires(acking, connect) -> None:
     server, log = acking
     client = await connect(server, "ben")
-    await eventually(lambda: server.local_count() == 1)
+    await eventually(lambda: server.local.local_count() == 1)
     result = await server.push("ben", b"again", ack=True)
     got = [await client.receive() for _ in range(3)]
     assert [(m.sid, m.data) for m in got] == [(result.sid, b"again")] * 3
@@ -65,7 +65,7 @@ async def test_ack_for_someone_elses_sid_is_ignored(acking, connect) -> None:
     server, log = acking
     a = await connect(server, "a")
     b = await connect(server, "b")
-    await eventually(lambda: server.local_count() == 2)
+    await eventually(lambda: server.local.local_count() == 2)
     result = await server.push("a", b"for a", ack=True)
     await a.receive()
     await b.ack(result.sid)
@@ -78,12 +78,12 @@ async def test_unacked_messages_are_redelivered_in_order_after_reconnect(make_se
     server = await make_server(plugins=(log,), ack_interval=5, ack_max_tries=3)
     first = Client(ws_url(server), "cat")
     await first.connect()
-    await eventually(lambda: server.local_count() == 1)
+    await eventually(lambda: server.local.local_count() == 1)
     sids = [(await server.push("cat", f"m{i}".encode(), ack=True)).sid for i in range(3)]
     for _ in range(3):
         await first.receive()
     await first.close()  # gone before acking anything
-    await eventually(lambda: server.local_count() == 0)
+    await eventually(lambda: server.local.local_count() == 0)
     async with Client(ws_url(server), "cat", auto_ack=True) as second:
         got = [await second.receive() for _ in range(3)]
         assert [(m.sid, m.data) for m in got] == list(zip(sids, [b"m0", b"m1", b"m2"], strict=True))
@@ -97,7 +97,7 @@ async def test_user_who_stays_away_expires_as_offline(make_server) -> None:
     )
     client = Client(ws_url(server), "dee")
     await client.connect()
-    await eventually(lambda: server.local_count() == 1)
+    await eventually(lambda: server.local.local_count() == 1)
     result = await server.push("dee", b"lost", ack=True)
     await client.receive()
     await client.close()

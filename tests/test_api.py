@@ -27,7 +27,7 @@ async def nothing(client: Client, wait: float = 0.15) -> bool:
 
 
 async def online(server: Server, *clients: Client, n: int | None = None) -> None:
-    await eventually(lambda: server.local_count() == (len(clients) if n is None else n))
+    await eventually(lambda: server.local.local_count() == (len(clients) if n is None else n))
 
 
 class GatedBroker(MemoryBroker):

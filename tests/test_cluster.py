@@ -162,7 +162,7 @@ async def test_second_login_on_another_node_replaces_the_first(
     await visible(b, "alice")
     second = await connect(b, "alice")
     assert await first.wait_closed() == CloseCode.REPLACED
-    await eventually(lambda: a.local_count() == 0)
+    await eventually(lambda: a.local.local_count() == 0)
     where = await a.presence("alice")
     assert where is not None and where.node_id == b.node_id
     assert (await a.push("alice", b"hi")).missing == ()

@@ -96,7 +96,7 @@ async def test_unacked_follow_the_user_to_another_node(
     assert {node_of(s) for s in sids} == {a.node_id}
     assert [(await first.receive()).sid for _ in range(3)] == sids
     await first.close()  # gone without acking
-    await eventually(lambda: b.local_count() == 0)
+    await eventually(lambda: b.local.local_count() == 0)
 
     async def offline() -> bool:
         return await a.presence("alice") is None
@@ -149,7 +149,7 @@ async def test_a_user_back_on_the_same_node_is_not_asked_elsewhere(
     sid = await a.push_one("cat", b"x", ack=True)
     await first.receive()
     await first.close()
-    await eventually(lambda: b.local_count() == 0)
+    await eventually(lambda: b.local.local_count() == 0)
     second = await connect(b, "cat")
     assert (await second.receive()).sid == sid
     await second.ack(sid)
@@ -173,7 +173,7 @@ async def test_expired_outcomes_reach_the_pushing_node(
     assert (first.reason, first.tries, first.data) == ("max_tries", 3, b"ignored")
 
     await eve.close()
-    await eventually(lambda: b.local_count() == 1)
+    await eventually(lambda: b.local.local_count() == 1)
     away = await a.push("eve", b"nobody home", ack=True)
     assert away.missing == ("eve",)  # not delivered: nothing tracked, no outcome
     lost = await a.push_one("dan", b"then gone", ack=True)
@@ -199,7 +199,7 @@ async def test_outcomes_are_reported_once_on_a_single_node(
     seen = Hooks()
     server = await make_server(plugins=(seen,), ack_interval=0.05, ack_max_tries=1)
     alice = await connect(server, "alice")
-    await eventually(lambda: server.local_count() == 1)
+    await eventually(lambda: server.local.local_count() == 1)
     async with session.get(http_base(server) + "/api/v1/ack_events") as stream:
         assert await stream.content.readline() == b": subscribed\n"
         await stream.content.readline()

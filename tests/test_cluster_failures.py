@@ -133,7 +133,7 @@ async def test_broker_restart_is_survived(
     with pytest.raises(Unavailable):
         await a.online_count()
     assert loop.time() - start < 2.0
-    assert a.local_count() == 1 and b.local_count() == 1
+    assert a.local.local_count() == 1 and b.local.local_count() == 1
 
     await own_broker.start()  # restarted empty
     await eventually(lambda: a.broker.healthy() and b.broker.healthy(), timeout=10)  # type: ignore[union-attr]

@@ -35,7 +35,7 @@ async def test_missing_token_is_refused_before_upgrade(server: Server, query: st
             assert resp.status == 400
             body = await resp.json()
     assert "token" in body["error"]["message"]
-    assert server.local_count() == 0
+    assert server.local.local_count() == 0
 
 
 async def test_websocket_client_gets_clear_refusal(server: Server) -> None:
@@ -73,7 +73,7 @@ async def test_rejecting_plugin_gives_401_and_failed_hook(make_server, connect) 
             assert (await resp.json())["error"]["message"] == "bad token"
     assert failed == ["bad token"]
     await connect(server, "good")
-    await eventually(lambda: server.local_count() == 1)
+    await eventually(lambda: server.local.local_count() == 1)
     conn = server.buckets.get("alice")
     assert conn is not None and conn.tags == {"vip"} and conn.meta == {"plan": "pro"}
 
@@ -115,7 +115,7 @@ async def test_codec_and_frame_type_per_connection(
         params["message_type"] = message_type
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(ws_url(server), params=params) as ws:
-            await eventually(lambda: server.local_count() == 1)
+            await eventually(lambda: server.local.local_count() == 1)
             result = await server.push("carol", b"\x00\xffbytes", ack=True)
             msg = await ws.receive(timeout=5)
             assert msg.type == expect
@@ -135,7 +135,7 @@ async def test_codec_and_frame_type_per_connection(
 async def test_json_push_without_ack_omits_sid(server: Server) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(ws_url(server), params={"token": "dan"}) as ws:
-            await eventually(lambda: server.local_count() == 1)
+            await eventually(lambda: server.local.local_count() == 1)
             await server.push("dan", b"x")
             assert (await ws.receive(timeout=5)).data == '{"msg":"eA=="}'
 
@@ -143,7 +143,7 @@ async def test_json_push_without_ack_omits_sid(server: Server) -> None:
 async def test_server_default_codec_from_options(make_server) -> None:
     server = await make_server(codec="protobuf", message_type="binary")
     async with Client(ws_url(server), "erin", codec="protobuf") as client:
-        await eventually(lambda: server.local_count() == 1)
+        await eventually(lambda: server.local.local_count() == 1)
         await server.push("erin", b"pb")
         assert (await client.receive()).data == b"pb"
         assert client.ws is not None
@@ -168,17 +168,17 @@ async def test_connected_and_disconnected_hooks(make_server) -> None:
     await client.close()
     await eventually(lambda: len(events) == 2)
     assert events[1] == ("disconnected", "fay", 1000, "closed by client")
-    assert server.local_count() == 0
+    assert server.local.local_count() == 0
 
 
 async def test_second_login_replaces_first(server: Server, connect) -> None:
     first = await connect(server, "gil")
-    await eventually(lambda: server.local_count() == 1)
+    await eventually(lambda: server.local.local_count() == 1)
     old = server.buckets.get("gil")
     second = await connect(server, "gil")
     assert await first.wait_closed() == CloseCode.REPLACED
     await eventually(lambda: server.buckets.get("gil") is not old)
-    assert server.local_count() == 1
+    assert server.local.local_count() == 1
     await server.push("gil", b"to the new one")
     assert (await second.receive()).data == b"to the new one"
 

@@ -14,7 +14,7 @@ async def test_chat_room(make_server, connect) -> None:
     alice = await connect(server, "alice", tags=("lobby",))
     bob = await connect(server, "bob", tags=("lobby",))
     carl = await connect(server, "carl", tags=("other",))
-    await eventually(lambda: server.local_count() == 3)
+    await eventually(lambda: server.local.local_count() == 3)
     await alice.send(json.dumps({"room": "lobby", "text": "hi"}).encode())
     want = {"from": "alice", "room": "lobby", "text": "hi"}
     for client in (alice, bob):

@@ -99,7 +99,7 @@ async def test_bad_upgrades_get_the_same_answer_however_split(
         assert b"Sec-WebSocket-Version: 13" in answer
     if status == 405:
         assert b"Allow: GET" in answer
-    assert server.local_count() == 0
+    assert server.local.local_count() == 0
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["whole", "byte-by-byte"])
@@ -139,7 +139,7 @@ async def test_upgrade_after_a_request_on_a_keep_alive_connection(server: Server
         await eventually(lambda: server.buckets.get("later"))
     finally:
         writer.close()
-    await eventually(lambda: server.local_count() == 0)
+    await eventually(lambda: server.local.local_count() == 0)
 
 
 async def test_validate_hook_that_raises_gets_500_and_one_log_line(

@@ -48,7 +48,7 @@ async def test_acks_never_reach_receive(inbox_server) -> None:
     server, inbox = inbox_server
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(ws_url(server), params={"token": "u2"}) as ws:
-            await eventually(lambda: server.local_count() == 1)
+            await eventually(lambda: server.local.local_count() == 1)
             result = await server.push("u2", b"m", ack=True)
             await ws.receive(timeout=5)
             await ws.send_str(f'{{"ack": {result.sid}}}')
@@ -65,7 +65,7 @@ async def test_protobuf_client_frame_carries_acks_and_data(inbox_server) -> None
     async with aiohttp.ClientSession() as http:
         params = {"token": "u3", "codec": "protobuf"}
         async with http.ws_connect(ws_url(server), params=params) as ws:
-            await eventually(lambda: server.local_count() == 1)
+            await eventually(lambda: server.local.local_count() == 1)
             result = await server.push("u3", b"m", ack=True)
             await ws.receive(timeout=5)
             await ws.send_bytes(codec.encode_client(acks=(result.sid,), data=b"\x00pb data"))
@@ -97,7 +97,7 @@ async def test_malformed_client_frame_closes_4500(inbox_server, codec, frame) ->
             assert msg.type == aiohttp.WSMsgType.CLOSE
             assert ws.close_code == CloseCode.BAD_FRAME == 4500
     assert inbox.got == []
-    await eventually(lambda: server.local_count() == 0)
+    await eventually(lambda: server.local.local_count() == 0)
 
 
 async def test_oversize_frame_closes_1009(inbox_server) -> None:
@@ -109,7 +109,7 @@ async def test_oversize_frame_closes_1009(inbox_server) -> None:
             assert msg.type == aiohttp.WSMsgType.CLOSE
             assert ws.close_code == 1009
     assert inbox.got == []
-    await eventually(lambda: server.local_count() == 0)
+    await eventually(lambda: server.local.local_count() == 0)
 
 
 async def test_silent_connection_times_out_4000(make_server) -> None:
@@ -127,7 +127,7 @@ async def test_silent_connection_times_out_4000(make_server) -> None:
         assert msg.type == aiohttp.WSMsgType.CLOSE
         assert ws.close_code == CloseCode.HEARTBEAT_TIMEOUT == 4000
         assert elapsed >= 0.4  # never before 2 x interval
-    await eventually(lambda: server.local_count() == 0)
+    await eventually(lambda: server.local.local_count() == 0)
 
 
 @pytest.mark.parametrize("how", ["pong", "ping", "data"])
@@ -152,7 +152,7 @@ async def test_any_inbound_frame_keeps_connection_alive(make_server, how: str) -
             await asyncio.sleep(0.01)  # a sign of life, not a flood (max_inbound_rate)
             assert msg.type in (aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG), msg
         assert not ws.closed
-        assert server.local_count() == 1
+        assert server.local.local_count() == 1
         await ws.close()
 
 
@@ -171,10 +171,10 @@ async def test_failing_hooks_are_contained(make_server) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(ws_url(server), params={"token": "ok"}) as ws:
             await ws.send_str("boom")
-            await eventually(lambda: server.local_count() == 1)
+            await eventually(lambda: server.local.local_count() == 1)
             await server.push("ok", b"still here")
             assert (await ws.receive(timeout=5)).data == '{"msg":"c3RpbGwgaGVyZQ=="}'
         async with http.ws_connect(ws_url(server), params={"token": "unlucky"}) as ws:
             msg = await ws.receive(timeout=5)
             assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 1011
-    await eventually(lambda: server.local_count() == 0)
+    await eventually(lambda: server.local.local_count() == 0)

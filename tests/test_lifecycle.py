@@ -23,7 +23,7 @@ async def test_stop_delivers_queued_pushes_then_closes_1001() -> None:
 
         @hookimpl
         async def im_shutdown(self, server: Server) -> None:
-            order.append(f"shutdown with {server.local_count()} connections")
+            order.append(f"shutdown with {server.local.local_count()} connections")
 
     pm = get_plugin_manager(autoload=False)
     pm.register(Watch())
@@ -31,7 +31,7 @@ async def test_stop_delivers_queued_pushes_then_closes_1001() -> None:
     await server.start()
     client = Client(ws_url(server), "last")
     await client.connect()
-    await eventually(lambda: server.local_count() == 1)
+    await eventually(lambda: server.local.local_count() == 1)
     for i in range(50):
         server.broadcast(str(i).encode())
     await server.stop()

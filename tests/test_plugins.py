@@ -68,7 +68,7 @@ def test_autoload_can_be_disabled(monkeypatch) -> None:
 async def test_receive_plugin_loaded_by_path(make_server, connect) -> None:
     server = await make_server(names=("tests.plugins.echo",))
     client = await connect(server, "eve")
-    await eventually(lambda: server.local_count() == 1)
+    await eventually(lambda: server.local.local_count() == 1)
     await client.send(b"hi")
     assert (await client.receive()).data == b"echo:hi"
 
@@ -82,7 +82,7 @@ async def test_myauth_validates_signed_tokens(make_server, connect, monkeypatch)
     server = await make_server(names=("myauth",))
     good = myauth.make_token("zoe", "s3cret", tags=("room",))
     client = await connect(server, good)
-    await eventually(lambda: server.local_count() == 1)
+    await eventually(lambda: server.local.local_count() == 1)
     assert server.buckets.get("zoe").tags == {"room"}
     await client.close()
     async with aiohttp.ClientSession() as http:

@@ -16,7 +16,7 @@ from .conftest import eventually, ws_url
 
 async def clients(server: Server, connect, spec: dict[str, tuple[str, ...]]) -> dict[str, Client]:
     out = {user: await connect(server, user, tags=tags) for user, tags in spec.items()}
-    await eventually(lambda: server.local_count() == len(spec))
+    await eventually(lambda: server.local.local_count() == len(spec))
     return out
 
 
@@ -124,7 +124,7 @@ async def test_online_count_and_distribution(server: Server, connect) -> None:
     assert {t: s.number for t, s in dist.items()} == {"room": 2, "vip": 1}
     assert dist["room"].created > 0
     await c["b"].close()
-    await eventually(lambda: server.local_count() == 2)
+    await eventually(lambda: server.local.local_count() == 2)
     dist = await server.distribution()
     assert {t: s.number for t, s in dist.items()} == {"room": 1, "vip": 0}
     presence = await server.presence("a")
@@ -171,7 +171,7 @@ async def test_slow_consumer_is_closed_and_push_reports_it(make_server) -> None:
         b"Sec-WebSocket-Version: 13\r\n\r\n"
     )
     try:
-        await eventually(lambda: server.local_count() == 1)
+        await eventually(lambda: server.local.local_count() == 1)
         payload = b"y" * 32 * 1024
         missing: tuple[str, ...] = ()
         for _ in range(2000):
@@ -181,6 +181,6 @@ async def test_slow_consumer_is_closed_and_push_reports_it(make_server) -> None:
             await asyncio.sleep(0)  # let the outbox write
         assert missing == ("slow",)
         await eventually(lambda: closed == [CloseCode.SLOW_CONSUMER])
-        assert server.local_count() == 0
+        assert server.local.local_count() == 0
     finally:
         sock.close()

@@ -197,26 +197,26 @@ async def test_client_close_code_reaches_the_hook(make_server) -> None:
     server = await make_server(plugins=(rec,))
     async with aiohttp.ClientSession() as session:
         ws = await session.ws_connect(ws_url(server) + "?token=alice")
-        await eventually(lambda: server.local_count() == 1)
+        await eventually(lambda: server.local.local_count() == 1)
         await ws.close(code=4000, message=b"bye")
     await eventually(lambda: rec.closed)
     assert rec.closed == [("alice", 4000, "closed by client")]
-    assert server.local_count() == 0
+    assert server.local.local_count() == 0
 
 
 async def test_dropped_socket_unregisters(make_server) -> None:
     rec = Recorder()
     server = await make_server(plugins=(rec,))
     client = await RawClient.open(server, "alice")
-    await eventually(lambda: server.local_count() == 1)
+    await eventually(lambda: server.local.local_count() == 1)
     client.writer.transport.abort()
-    await eventually(lambda: server.local_count() == 0)
+    await eventually(lambda: server.local.local_count() == 0)
     assert rec.closed[0][:2] == ("alice", CloseCode.NORMAL)
 
 
 async def test_kick_sends_its_code_and_hangs_up_after_the_client_answers(server: Server) -> None:
     client = await RawClient.open(server, "alice")
-    await eventually(lambda: server.local_count() == 1)
+    await eventually(lambda: server.local.local_count() == 1)
     assert await server.kick("alice")
     assert await client.close_code() == CloseCode.KICKED
     client.send(client_frame(OP_CLOSE, struct.pack("!H", CloseCode.KICKED)))
@@ -232,7 +232,7 @@ async def test_silent_client_gets_pinged_then_timed_out(make_server) -> None:
 
 async def test_pushes_and_pings_share_the_socket(server: Server, connect) -> None:
     client = await connect(server, "alice")
-    await eventually(lambda: server.local_count() == 1)
+    await eventually(lambda: server.local.local_count() == 1)
     for i in range(50):
         server.broadcast(str(i).encode())
     got = [(await client.receive()).data for _ in range(50)]
@@ -243,7 +243,7 @@ async def test_a_connection_keeps_no_task(server: Server) -> None:
     await asyncio.sleep(0)
     before = len(asyncio.all_tasks())
     clients = [await RawClient.open(server, f"u{i}") for i in range(20)]
-    await eventually(lambda: server.local_count() == 20)
+    await eventually(lambda: server.local.local_count() == 20)
     await asyncio.sleep(0.05)
     assert len(asyncio.all_tasks()) < before + 5
     for c in clients:

@@ -37,7 +37,7 @@ async def health(request: web.Request) -> web.Response:
             "name": broker.name if broker else None,
             "healthy": broker is not None and broker.healthy(),
         },
-        "connections": server.local_count(),
+        "connections": server.local.local_count(),
     }
     return web.json_response(body, status=200 if ok else 503)
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .codec import Codec
     from .connection import Connection
     from .identity import ConnectRequest, Identity, Reject
-    from .server import Server
+    from .server_api import ServerAPI
     from .transport import Transport
 
 hookspec = pluggy.HookspecMarker("im")
@@ -66,7 +66,7 @@ def im_register_codecs(register: Callable[[Codec], None]) -> None:
 
 
 @hookspec
-def im_register_transports(register: Callable[[Transport], None], server: Server) -> None:
+def im_register_transports(register: Callable[[Transport], None], server: ServerAPI) -> None:
     """Contribute transports (listeners): call ``register(transport)`` for each.
 
     Called once at startup; transports are started in the order they are
@@ -76,7 +76,7 @@ def im_register_transports(register: Callable[[Transport], None], server: Server
 
 
 @hookspec(firstresult=True)
-def im_broker(server: Server) -> Broker | None:
+def im_broker(server: ServerAPI) -> Broker | None:
     """Return the broker for this node, or ``None`` if ``server.options.broker``
     does not name yours. Called once at startup; the first non-None result wins.
     """
@@ -86,7 +86,7 @@ def im_broker(server: Server) -> Broker | None:
 
 
 @hookspec
-def im_startup(server: Server) -> None:
+def im_startup(server: ServerAPI) -> None:
     """The node is up: transports listen, the broker is connected.
 
     Use it to start a plugin's own background work. All implementations run, in
@@ -95,7 +95,7 @@ def im_startup(server: Server) -> None:
 
 
 @hookspec
-def im_shutdown(server: Server) -> None:
+def im_shutdown(server: ServerAPI) -> None:
     """The node is shutting down: connections are closed, the broker is still
     connected. Release what ``im_startup`` acquired. Exceptions are logged."""
 
@@ -104,7 +104,7 @@ def im_shutdown(server: Server) -> None:
 
 
 @hookspec
-def im_validate(server: Server, request: ConnectRequest) -> Identity | Reject | None:
+def im_validate(server: ServerAPI, request: ConnectRequest) -> Identity | Reject | None:
     """Authenticate a connection attempt before the WebSocket upgrade.
 
     ``request`` carries the token, query, headers and remote address. Return an
@@ -121,26 +121,26 @@ def im_validate(server: Server, request: ConnectRequest) -> Identity | Reject | 
 
 
 @hookspec
-def im_validate_failed(server: Server, request: ConnectRequest, reject: Reject) -> None:
+def im_validate_failed(server: ServerAPI, request: ConnectRequest, reject: Reject) -> None:
     """A connection attempt was refused (``reject`` says why). For logging,
     metrics or rate limiting; the refusal itself is already decided."""
 
 
 @hookspec
-def im_connected(server: Server, conn: Connection) -> None:
+def im_connected(server: ServerAPI, conn: Connection) -> None:
     """A connection was upgraded and registered (any older login of the same user
     has been replaced). Awaited before the connection's first frame is read."""
 
 
 @hookspec
-def im_disconnected(server: Server, conn: Connection, code: int, reason: str) -> None:
+def im_disconnected(server: ServerAPI, conn: Connection, code: int, reason: str) -> None:
     """A connection closed, for any reason; ``code`` is the WebSocket close code
     (``im_core.errors.CloseCode``) and ``reason`` a short text. Called once per
     connection, after it left its bucket and tag groups."""
 
 
 @hookspec
-def im_receive(server: Server, conn: Connection, data: bytes, binary: bool) -> None:
+def im_receive(server: ServerAPI, conn: Connection, data: bytes, binary: bool) -> None:
     """Business data from a client: exactly the bytes it sent (for the protobuf
     codec, the ``data`` field of its ``ClientFrame``). Acks never arrive here.
     ``binary`` tells whether it came in a binary (True) or a text frame (False).
@@ -164,14 +164,14 @@ def im_receive(server: Server, conn: Connection, data: bytes, binary: bool) -> N
 
 
 @hookspec
-def im_acked(server: Server, user_id: str, sid: int) -> None:
+def im_acked(server: ServerAPI, user_id: str, sid: int) -> None:
     """``user_id`` acknowledged the push ``sid``; no more re-sends happen. Fires on
     the node that tracked the receipt (see ``im_ack_outcome`` for the pushing node)."""
 
 
 @hookspec
 def im_ack_expired(
-    server: Server, user_id: str, sid: int, payload: bytes, tries: int, reason: str
+    server: ServerAPI, user_id: str, sid: int, payload: bytes, tries: int, reason: str
 ) -> None:
     """The push ``sid`` to ``user_id`` was not acknowledged: after ``tries`` sends
     (``reason="max_tries"``) or because the user stayed offline
@@ -180,7 +180,7 @@ def im_ack_expired(
 
 
 @hookspec
-def im_ack_outcome(server: Server, outcome: AckOutcome) -> None:
+def im_ack_outcome(server: ServerAPI, outcome: AckOutcome) -> None:
     """How the push ``outcome.sid`` ended for ``outcome.user_id`` (``"acked"`` or
     ``"expired"`` with ``reason``, ``tries`` and, for expired, ``payload``).
 

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pluggy
@@ -370,3 +370,9 @@ class Server:
             unacked=len(self.acks),
             tag_groups=len(self.tags.groups),
         )
+
+
+if TYPE_CHECKING:  # the server offers plugins what ServerAPI promises (checked by mypy)
+    from .server_api import ServerAPI
+
+    _offers: type[ServerAPI] = Server

@@ -75,7 +75,7 @@ class HttpTransport:
             self.build_app(server),
             handle_signals=False,
             access_log=None,
-            shutdown_timeout=5.0,
+            shutdown_timeout=server.options.drain_timeout,  # in-flight HTTP calls
             # Requests after the first on a keep-alive connection are parsed by
             # aiohttp: the same bounds as the front's (which reads every first head).
             keepalive_timeout=opts.keepalive_timeout,

@@ -21,10 +21,9 @@ from typing import Any
 import aiohttp
 import attrs
 
-from im_plugins.json_codec import JsonCodec
-from im_plugins.protobuf_codec import ProtobufCodec
+from .wire import WIRES, Wire
 
-CODECS = {"json": JsonCodec(), "protobuf": ProtobufCodec()}
+CODECS = WIRES  # the client side of each codec, by its ``?codec=`` name
 
 __all__ = ["Client", "ConnectError", "Message"]
 
@@ -67,7 +66,7 @@ class Client:
         params: dict[str, str] | None = None,
     ) -> None:
         self.url = url
-        self.codec = CODECS[codec]
+        self.codec: Wire = CODECS[codec]
         self.params = {"token": token, "codec": codec, **(params or {})}
         if tags:
             self.params["tags"] = ",".join(tags)

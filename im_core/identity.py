@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -24,12 +24,17 @@ def _user_id(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None
         raise ValueError("Identity.user_id must be a non-empty string")
 
 
+def _tags(tags: Iterable[str]) -> tuple[str, ...]:
+    # A typed converter (not ``tuple``) so callers may pass any iterable of str.
+    return tuple(tags)
+
+
 @attrs.frozen
 class Identity:
     """An accepted connection: who it is, its initial tags, free-form metadata."""
 
     user_id: str = attrs.field(validator=_user_id)
-    tags: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    tags: tuple[str, ...] = attrs.field(default=(), converter=_tags)
     meta: Mapping[str, Any] = attrs.field(factory=dict)
 
 

@@ -4,6 +4,8 @@ Server -> client matches the original's Go encoding of ``PushToClient`` (fields
 omitted when empty). Client -> server: a frame that is exactly a JSON object with
 the single key ``"ack"`` (an integer or a list of integers) is an ack; every other
 frame is business data handed to the receive hook byte for byte.
+
+The client side (``decode_push``, ``encode_client``) is ``im_client.wire.JsonWire``.
 """
 
 from __future__ import annotations
@@ -13,16 +15,14 @@ from collections.abc import Callable
 
 import orjson
 
+from im_client.wire import JsonWire
 from im_core import hookimpl
 from im_core.codec import BadFrame, ClientFrame, Codec
 
 _b64 = base64.b64encode
 
 
-class JsonCodec:
-    name = "json"
-    text_safe = True
-
+class JsonCodec(JsonWire):
     def encode_push(self, sid: int, msg: bytes) -> bytes:
         body = b'"msg":"' + _b64(msg) + b'"}' if msg else b"}"
         if sid:
@@ -44,17 +44,6 @@ class JsonCodec:
         if not sids or not all(type(s) is int and s > 0 for s in sids):
             raise BadFrame('"ack" must be a positive integer sid or a list of them')
         return ClientFrame(acks=tuple(sids))
-
-    def decode_push(self, data: bytes) -> tuple[int, bytes]:
-        obj = orjson.loads(data)
-        return int(obj.get("sid", 0)), base64.b64decode(obj.get("msg", ""))
-
-    def encode_client(self, *, acks: tuple[int, ...] = (), data: bytes | None = None) -> bytes:
-        if acks and data is not None:
-            raise ValueError("the json codec sends acks and data in separate frames")
-        if acks:
-            return orjson.dumps({"ack": acks[0] if len(acks) == 1 else list(acks)})
-        return data or b""
 
 
 @hookimpl

@@ -1,4 +1,7 @@
-"""Protobuf codec: ``PushToClient`` down, ``ClientFrame`` up (see proto/)."""
+"""Protobuf codec: ``PushToClient`` down, ``ClientFrame`` up (see proto/).
+
+The client side (``decode_push``, ``encode_client``) is ``im_client.wire.ProtobufWire``.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +9,14 @@ from collections.abc import Callable
 
 from google.protobuf.message import DecodeError
 
+from im_client.wire import ProtobufWire
 from im_core import hookimpl
 from im_core.codec import BadFrame, ClientFrame, Codec
 from im_plugins.pb.basic_pb2 import PushToClient
 from im_plugins.pb.client_pb2 import ClientFrame as PbClientFrame
 
 
-class ProtobufCodec:
-    name = "protobuf"
-    text_safe = False
-
+class ProtobufCodec(ProtobufWire):
     def encode_push(self, sid: int, msg: bytes) -> bytes:
         return PushToClient(sid=sid, msg=msg).SerializeToString()
 
@@ -30,17 +31,6 @@ class ProtobufCodec:
         return ClientFrame(
             acks=tuple(frame.ack), data=frame.data if frame.HasField("data") else None
         )
-
-    def decode_push(self, data: bytes) -> tuple[int, bytes]:
-        push = PushToClient()
-        push.ParseFromString(data)
-        return push.sid, push.msg
-
-    def encode_client(self, *, acks: tuple[int, ...] = (), data: bytes | None = None) -> bytes:
-        frame = PbClientFrame(ack=acks)
-        if data is not None:
-            frame.data = data
-        return frame.SerializeToString()
 
 
 @hookimpl

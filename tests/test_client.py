@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from im_client import Client
+from im_client.wire import WIRES
 from im_core import CloseCode, Server
+from im_plugins.json_codec import JsonCodec
+from im_plugins.protobuf_codec import ProtobufCodec
 
 from .conftest import eventually, ws_url
 
@@ -48,3 +57,33 @@ async def test_auto_ack_and_send(make_server, codec: str) -> None:
         msg = await client.receive()
         assert (msg.sid, msg.data) == (result.sid, b"\x00ack me")
         await eventually(lambda: acked == [result.sid])
+
+
+def test_client_imports_no_server_plugin() -> None:
+    # A fresh interpreter: this process has the plugins loaded already.
+    root = str(Path(__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+    }
+    code = "import im_client, json, sys; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True
+    ).stdout
+    modules = json.loads(out)
+    assert "im_client.wire" in modules
+    # Only the package itself and its generated protobuf messages (im_plugins.pb).
+    allowed = ("im_plugins", "im_plugins.pb")
+    plugins = [m for m in modules if m.split(".")[0] == "im_plugins"]
+    assert [m for m in plugins if ".".join(m.split(".")[:2]) not in allowed] == []
+
+
+@pytest.mark.parametrize("codec", [JsonCodec(), ProtobufCodec()], ids=lambda c: c.name)
+def test_client_wire_and_server_codec_agree(codec: JsonCodec | ProtobufCodec) -> None:
+    wire = WIRES[codec.name]
+    assert wire.text_safe == codec.text_safe
+    for sid, msg in [(0, b""), (0, b"hi"), (7, b""), (2**40, b"\x00\xffbytes")]:
+        assert wire.decode_push(codec.encode_push(sid, msg)) == (sid, msg)
+    assert codec.decode_client(wire.encode_client(acks=(3,))).acks == (3,)
+    assert codec.decode_client(wire.encode_client(acks=(3, 4))).acks == (3, 4)
+    assert codec.decode_client(wire.encode_client(data=b"up")).data == b"up"

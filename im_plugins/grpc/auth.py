@@ -18,7 +18,7 @@ from im_plugins.api_key import metadata_matches
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
     def __init__(self, key: str) -> None:
         self._key = key.encode()
 
@@ -28,9 +28,9 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or details.method.startswith(OPEN_PREFIXES):  # type: ignore[attr-defined]
+        if handler is None or details.method.startswith(OPEN_PREFIXES):
             return handler
-        metadata = details.invocation_metadata or ()  # type: ignore[attr-defined]
+        metadata = details.invocation_metadata or ()
         return handler if metadata_matches(self._key, metadata) else _deny(handler)
 
 

@@ -39,12 +39,15 @@ async def abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
     if not isinstance(exc, ImError):
         log.error("unexpected error in a gRPC call", exc_info=exc)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-    metadata: tuple[tuple[str, str], ...] = ()
-    if isinstance(exc, Busy):
-        metadata = ((QUEUE_LENGTH_KEY, str(exc.queue_length)),)
-    await context.abort(
-        STATUS.get(exc.code, grpc.StatusCode.INTERNAL), str(exc), trailing_metadata=metadata
-    )
+    else:
+        metadata: tuple[tuple[str, str], ...] = ()
+        if isinstance(exc, Busy):
+            metadata = ((QUEUE_LENGTH_KEY, str(exc.queue_length)),)
+        await context.abort(
+            STATUS.get(exc.code, grpc.StatusCode.INTERNAL), str(exc), trailing_metadata=metadata
+        )
+    # abort() always raises; grpc is untyped, so say so for the type checker.
+    raise AssertionError("ServicerContext.abort returned")
 
 
 def unary(method: M) -> M:

@@ -74,7 +74,7 @@ class GrpcTransport:
 
     def _bind(self, grpc_server: grpc.aio.Server, host: str, port: int) -> int:
         try:
-            bound = grpc_server.add_insecure_port(_address(host, port))
+            bound: int = grpc_server.add_insecure_port(_address(host, port))
         except RuntimeError as exc:
             raise OSError(f"grpc: cannot listen on {_address(host, port)}: {exc}") from None
         if not bound:

@@ -6,7 +6,7 @@ statuses."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 from google.protobuf.message import Message
@@ -22,7 +22,8 @@ from .errors import abort, unary
 if TYPE_CHECKING:
     from im_core.server import Server
 
-Context = grpc.aio.ServicerContext
+# An explicit alias: grpc is untyped, and a plain assignment of it is a variable.
+Context: TypeAlias = grpc.aio.ServicerContext
 SERVICE = pb.DESCRIPTOR.services_by_name["Im"]
 
 

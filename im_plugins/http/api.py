@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -251,7 +251,7 @@ class StreamReply:
         return self._response
 
 
-async def _line_batches(request: web.Request, server: Server) -> AsyncIterator[list[bytes]]:
+async def _line_batches(request: web.Request, server: Server) -> AsyncGenerator[list[bytes], None]:
     """Non-blank lines of the body, one list per chunk read. Past a limit it raises,
     after yielding the whole lines before the point where the limit was crossed."""
     line_limit = body_limit(server)

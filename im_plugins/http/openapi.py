@@ -16,7 +16,7 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from im_plugins.pb import im_v1_pb2 as pb
-from im_plugins.push_api.rules import is_map, is_required
+from im_plugins.push_api.rules import descriptor_of, enum_type, is_map, is_required, message_type
 
 from .transcode import FLOAT_TYPES, INT_TYPES, PAYLOAD_KEYS, bytes_keys, enum_names
 
@@ -129,10 +129,10 @@ def _scalar(field: FieldDescriptor) -> S:
     if t in FLOAT_TYPES:
         return {"type": "number", "format": "double"}
     if t == F.TYPE_ENUM:
-        names = list(enum_names(field.enum_type))
+        names = list(enum_names(enum_type(field)))
         return {"type": "string", "enum": names, "default": names[0]}
     if t == F.TYPE_MESSAGE:
-        return _ref(field.message_type.name)
+        return _ref(message_type(field).name)
     return {"type": "string"}
 
 
@@ -195,7 +195,7 @@ def _collect(descriptor: Descriptor, request: bool, into: dict[str, S]) -> None:
     into[descriptor.name] = message_schema(descriptor, request)
     for field in descriptor.fields:
         if field.type == F.TYPE_MESSAGE and not is_map(field):
-            _collect(field.message_type, request, into)
+            _collect(message_type(field), request, into)
 
 
 # --- operations --------------------------------------------------------------------
@@ -206,7 +206,7 @@ def _operation(method: str, http_method: str, schemas: dict[str, S]) -> S:
     descriptor = SERVICE.methods_by_name[method]
     request = descriptor.input_type
     if method == "PushStream":
-        request = pb.StreamPush.DESCRIPTOR  # the HTTP form: one per NDJSON line
+        request = descriptor_of(pb.StreamPush)  # the HTTP form: one per NDJSON line
     _collect(request, True, schemas)
     reply = "PushStreamReply" if method == "PushStream" else descriptor.output_type.name
     _collect(descriptor.output_type, False, schemas)

@@ -55,7 +55,8 @@ def _exception(exc_info: Any) -> BaseException | None:
     if isinstance(exc_info, BaseException):
         return exc_info
     if isinstance(exc_info, tuple) and len(exc_info) == 3:
-        return exc_info[1]
+        exc = exc_info[1]  # None from sys.exc_info() outside an except block
+        return exc if isinstance(exc, BaseException) else None
     return None
 
 

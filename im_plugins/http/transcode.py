@@ -21,7 +21,13 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from im_core.errors import InvalidArgument
-from im_plugins.push_api.rules import is_map, is_required
+from im_plugins.push_api.rules import (
+    descriptor_of,
+    enum_type,
+    is_map,
+    is_required,
+    message_type,
+)
 
 F = FieldDescriptor
 #: A field's reader: (JSON object, name prefix) -> its value, or _ABSENT.
@@ -98,7 +104,7 @@ def _scalar(field: FieldDescriptor) -> tuple[Callable[[Any], bool], str, Callabl
     if t in FLOAT_TYPES:
         return (lambda v: isinstance(v, int | float) and not isinstance(v, bool)), "a number", float
     if t == F.TYPE_ENUM:
-        names = enum_names(field.enum_type)
+        names = enum_names(enum_type(field))
         quoted = [repr(n) for n in names]
         what = " or ".join([", ".join(quoted[:-1]), quoted[-1]]) if len(quoted) > 1 else quoted[0]
         return (lambda v: isinstance(v, str) and v in names), what, names.__getitem__
@@ -108,7 +114,7 @@ def _scalar(field: FieldDescriptor) -> tuple[Callable[[Any], bool], str, Callabl
 def _reader(field: FieldDescriptor) -> Reader:
     name, required = field.name, is_required(field)
     if is_map(field):
-        value_field = field.message_type.fields_by_name["value"]
+        value_field = message_type(field).fields_by_name["value"]
         if value_field.type != F.TYPE_BYTES:
             raise TypeError(f"{field.full_name}: only map<string, bytes> has a JSON form")
         keys = bytes_keys(value_field)
@@ -133,7 +139,7 @@ def _reader(field: FieldDescriptor) -> Reader:
         keys = bytes_keys(field)
         return lambda data, where: payload(data, where, keys, required)
     if field.type == F.TYPE_MESSAGE:
-        cls = GetMessageClass(field.message_type)
+        cls = GetMessageClass(message_type(field))
 
         def read_message(data: dict[str, Any], where: str) -> Any:
             value = data.get(name)
@@ -211,7 +217,7 @@ def _only(data: Any, what: str, keys: tuple[str, ...] | frozenset[str], where: s
 def decode(data: Any, cls: type[Message], where: str = "", what: str = "") -> Any:
     """The message ``cls`` from a parsed JSON value; ``where`` prefixes field names
     in errors (``contents.v1``), ``what`` names the object itself (the body, a line)."""
-    plan = _plan(cls.DESCRIPTOR)
+    plan = _plan(descriptor_of(cls))
     _only(data, what or where or "body", plan.known, where)
     fields = {}
     for name, read in plan.readers:
@@ -226,7 +232,7 @@ def decode(data: Any, cls: type[Message], where: str = "", what: str = "") -> An
 
 def _writer(field: FieldDescriptor) -> Callable[[Any], Any]:
     if is_map(field):
-        inner = _writer(field.message_type.fields_by_name["value"])
+        inner = _writer(message_type(field).fields_by_name["value"])
         return lambda value: {k: inner(v) for k, v in value.items()}
     if field.type == F.TYPE_MESSAGE:
         one: Callable[[Any], Any] = encode
@@ -235,7 +241,7 @@ def _writer(field: FieldDescriptor) -> Callable[[Any], Any]:
         def one(v: Any) -> Any:
             return base64.b64encode(v).decode()
     elif field.type == F.TYPE_ENUM:
-        names = {n: s for s, n in enum_names(field.enum_type).items()}
+        names = {n: s for s, n in enum_names(enum_type(field)).items()}
         one = names.__getitem__
     else:
         return list if field.is_repeated else (lambda v: v)
@@ -250,7 +256,7 @@ _writers: dict[str, tuple[tuple[str, str, Callable[[Any], Any], bool], ...]] = {
 def encode(message: Message) -> dict[str, Any]:
     """A reply as JSON: every field, zero values included (a message field only
     when set); bytes as ``<name>_b64``, enums by their JSON name."""
-    descriptor = message.DESCRIPTOR
+    descriptor = descriptor_of(message)
     writers = _writers.get(descriptor.full_name)
     if writers is None:
         writers = _writers[descriptor.full_name] = tuple(

@@ -133,7 +133,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if transport.is_closing():
         return json_error(400, "connection closed")
     edge, key = take_over()
-    ws = switch(edge, transport, accept, key)  # type: ignore[arg-type]
+    ws = switch(edge, transport, accept, key)
     tail = _release(request)
     if tail:
         ws.data_received(tail)

@@ -29,12 +29,6 @@ log = logging.getLogger("im.grpc")
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 BASIC = basic_pb2.DESCRIPTOR.services_by_name["Basic"].full_name
 V1 = im_v1_pb2.DESCRIPTOR.services_by_name["Im"].full_name
-#: Concurrent calls (HTTP/2 streams) on one connection; ``max_concurrent_rpcs``
-#: bounds the whole server. A caller's channel queues calls past it, but grpc-core
-#: refuses (UNAVAILABLE) some calls of a caller that keeps near the limit (the
-#: server frees a stream a little after the caller does): 100 failed ~0.5 % of
-#: unary calls with 2,000 in flight, so the bound sits well above real backends.
-MAX_STREAMS_PER_CONNECTION = 1000
 
 
 def _address(host: str, port: int) -> str:
@@ -65,7 +59,6 @@ class GrpcTransport:
             maximum_concurrent_rpcs=opts.of(GrpcOptions).max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", request_limit(opts.max_message_size)),
-                ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
                 ("grpc.so_reuseport", 0),  # a taken port is an error, not a shared port
             ],
         )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -49,9 +50,22 @@ class NatsOptions:
     )
 
 
-def broker_settings(options: Any, own: type) -> dict[str, Any]:
-    """The cluster's and one broker's options, as the broker classes read them."""
-    return {**attrs.asdict(options.of(ClusterOptions)), **attrs.asdict(options.of(own))}
+def make_broker(server: Any, name: str, own: type, load: Callable[[], Any]) -> Any:
+    """The broker ``name`` if ``--broker`` asks for it: ``load()`` imports its class
+    (only then, so im runs without the client library), built from the cluster's
+    and its own options."""
+    if server.options.broker != name:
+        return None
+    try:
+        broker_class = load()
+    except ImportError as exc:
+        from im_core.server import ConfigError
+
+        hint = f"pip install 'im[{name}]'"
+        raise ConfigError(f"broker {name}: cannot import {exc.name!r} ({hint})") from exc
+    opts = server.options
+    settings = {**attrs.asdict(opts.of(ClusterOptions)), **attrs.asdict(opts.of(own))}
+    return broker_class(settings, opts.node_id, hold_ttl(opts))
 
 
 def hold_ttl(options: Any) -> float:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import attrs
+
 from im_core.ack import AckOutcome
 from im_core.errors import InvalidArgument, NotFound
 from im_plugins.pb import im_v1_pb2 as pb
@@ -97,16 +99,7 @@ class ImMethods:
         )
 
     async def Stats(self, request: pb.StatsRequest) -> pb.StatsReply:
-        s = await self.server.stats()
-        return pb.StatsReply(
-            node_id=s.node_id,
-            online=s.online,
-            connections=s.connections,
-            queue_length=s.queue_length,
-            queue_capacity=s.queue_capacity,
-            unacked=s.unacked,
-            tag_groups=s.tag_groups,
-        )
+        return pb.StatsReply(**attrs.asdict(await self.server.stats()))
 
 
 def ack_event(outcome: AckOutcome) -> pb.AckEvent:

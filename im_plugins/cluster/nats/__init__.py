@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from im_core import hookimpl
 
-from ..options import ClusterOptions, NatsOptions, broker_settings, hold_ttl
+from ..options import ClusterOptions, NatsOptions, make_broker
 
 if TYPE_CHECKING:
     from im_core.broker import Broker
@@ -27,16 +27,10 @@ def im_add_options(add: Callable[..., None]) -> None:
 
 @hookimpl
 def im_broker(server: Server) -> Broker | None:
-    if server.options.broker != "nats":
-        return None
-    try:
-        from .broker import NatsBroker
-    except ImportError as exc:
-        from im_core.server import ConfigError
+    return make_broker(server, "nats", NatsOptions, _load)  # type: ignore[no-any-return]
 
-        raise ConfigError(
-            f"broker nats: cannot import {exc.name!r} (pip install 'im[nats]')"
-        ) from exc
 
-    opts = server.options
-    return NatsBroker(broker_settings(opts, NatsOptions), opts.node_id, hold_ttl(opts))
+def _load() -> type[Broker]:
+    from .broker import NatsBroker
+
+    return NatsBroker

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from im_core import hookimpl
 
-from ..options import ClusterOptions, RedisOptions, broker_settings, hold_ttl
+from ..options import ClusterOptions, RedisOptions, make_broker
 
 if TYPE_CHECKING:
     from im_core.broker import Broker
@@ -26,16 +26,10 @@ def im_add_options(add: Callable[..., None]) -> None:
 
 @hookimpl
 def im_broker(server: Server) -> Broker | None:
-    if server.options.broker != "redis":
-        return None
-    try:
-        from .broker import RedisBroker
-    except ImportError as exc:
-        from im_core.server import ConfigError
+    return make_broker(server, "redis", RedisOptions, _load)  # type: ignore[no-any-return]
 
-        raise ConfigError(
-            f"broker redis: cannot import {exc.name!r} (pip install 'im[redis]')"
-        ) from exc
 
-    opts = server.options
-    return RedisBroker(broker_settings(opts, RedisOptions), opts.node_id, hold_ttl(opts))
+def _load() -> type[Broker]:
+    from .broker import RedisBroker
+
+    return RedisBroker

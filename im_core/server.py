@@ -1,7 +1,7 @@
 """The im node: lifecycle (start, drain, stop) and the public push API.
 
 Data flow: a push API call -> ``Server.push*`` -> broker -> every node holding a
-target -> ``Server.deliver`` -> local lookup -> encode once per ``Format`` ->
+target -> ``server.local.deliver`` -> local lookup -> encode once per ``Format`` ->
 non-blocking ``Connection.send`` -> the outbox writes each socket once per loop
 iteration.
 """

@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 
 from .connection import Connection
 from .errors import CloseCode
-from .frames import PING
 
 
 class Bucket:
@@ -28,7 +27,7 @@ class Bucket:
             if silent > 2 * interval:
                 dead.append(conn)
             elif silent > interval / 2:
-                conn.write_now(PING)
+                conn.probe()
         for conn in dead:
             conn.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
 

@@ -13,10 +13,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import CloseCode
-from .frames import OP_BINARY, OP_TEXT, frame
 
 if TYPE_CHECKING:
     from .codec import Codec
+    from .transport import Framing
 
 
 class Writer(Protocol):
@@ -33,20 +33,22 @@ Closer = Callable[[int, str], "Awaitable[Any] | None"]
 
 
 class Format:
-    """A (codec, frame type) pair: connections sharing one share every encoded frame."""
+    """A (codec, frame kind, framing) triple: connections sharing one share every
+    prepared message, so a broadcast is encoded and framed once per format."""
 
-    __slots__ = ("binary", "codec", "opcode")
+    __slots__ = ("binary", "codec", "framing")
 
-    def __init__(self, codec: Codec, binary: bool) -> None:
+    def __init__(self, codec: Codec, binary: bool, framing: Framing) -> None:
         self.codec = codec
         self.binary = binary
-        self.opcode = OP_BINARY if binary else OP_TEXT
+        self.framing = framing
 
     def build(self, sid: int, payload: bytes) -> bytes:
-        return frame(self.opcode, self.codec.encode_push(sid, payload))
+        return self.framing.message(self.codec.encode_push(sid, payload), self.binary)
 
     def __repr__(self) -> str:
-        return f"Format({self.codec.name}, {'binary' if self.binary else 'text'})"
+        kind = "binary" if self.binary else "text"
+        return f"Format({self.codec.name}, {kind}, {self.framing.name})"
 
 
 class Connection:
@@ -166,12 +168,13 @@ class Connection:
             binary = fmt.binary
         elif not binary and not fmt.codec.text_safe:
             raise ValueError(f"codec {fmt.codec.name!r} needs binary frames")
-        return self.send(frame(OP_BINARY if binary else OP_TEXT, fmt.codec.encode_push(0, data)))
+        return self.send(fmt.framing.message(fmt.codec.encode_push(0, data), binary))
 
-    def write_now(self, frame: bytes) -> None:
-        """Write a control frame (ping) straight away, bypassing the queue."""
+    def probe(self) -> None:
+        """Ask a silent client for a sign of life (its transport's probe: a WebSocket
+        ping), straight away, bypassing the queue."""
         if not self.closed:
-            self._transport.write(frame)
+            self._transport.write(self.fmt.framing.probe)
 
     # -- liveness and closing ------------------------------------------------
 

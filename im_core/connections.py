@@ -24,6 +24,7 @@ from .options import MESSAGE_TYPES
 
 if TYPE_CHECKING:
     from .server import Server
+    from .transport import Framing
 
 log = logging.getLogger("im.server")
 
@@ -46,7 +47,7 @@ def presence_of(conn: Connection, node_id: int) -> Presence:
 class Connections:
     def __init__(self, server: Server) -> None:
         self._server = server
-        self._formats: dict[tuple[str, bool], Format] = {}
+        self._formats: dict[tuple[str, bool, Framing], Format] = {}
         self._ids = itertools.count(1)
 
     async def authenticate(self, request: ConnectRequest) -> Identity:
@@ -66,8 +67,11 @@ class Connections:
         await server.hooks.validate_failed(server, request, result)
         raise Rejected(result)
 
-    def format_for(self, codec: str | None, message_type: str | None) -> Format:
-        """The frame format a connection asked for (``None`` = server default)."""
+    def format_for(
+        self, codec: str | None, message_type: str | None, framing: Framing
+    ) -> Format:
+        """The format a connection asked for (``None`` = server default) on the
+        client transport whose wire ``framing`` describes."""
         server = self._server
         name = codec or server.options.codec
         found = server.codecs.get(name)
@@ -81,10 +85,10 @@ class Connections:
             raise InvalidArgument(f"message_type: must be one of {MESSAGE_TYPES}")
         if not binary and not found.text_safe:
             raise InvalidArgument(f"message_type: codec {name!r} needs binary frames")
-        key = (name, binary)
+        key = (name, binary, framing)
         fmt = self._formats.get(key)
         if fmt is None:
-            fmt = self._formats[key] = Format(found, binary)
+            fmt = self._formats[key] = Format(found, binary, framing)
         return fmt
 
     async def attach(

@@ -119,10 +119,9 @@ class Server:
         self.outbox = Outbox(loop)
         self._check_options()
         self.codecs = self.hooks.codecs()
-        try:  # the default codec must be one a plugin registered
-            self.connections.format_for(None, None)
-        except InvalidArgument as exc:
-            raise ConfigError(f"--{exc}") from None
+        if self.options.codec not in self.codecs:  # the default must be one a plugin made
+            known = sorted(self.codecs)
+            raise ConfigError(f"--codec: unknown codec {self.options.codec!r} (known: {known})")
         broker = self.hooks.broker(self)
         if broker is None:
             raise ConfigError(f"broker: no plugin provides a broker named {self.options.broker!r}")

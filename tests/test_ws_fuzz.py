@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from examples.echo.echo_plugin import RawCodec
 from im_core import Identity, Server, hookimpl
+from im_plugins.http.frames import WEBSOCKET
 from im_plugins.http.front import Edge
 from im_plugins.http.gate import UNCOUNTED
 from im_plugins.http.wsproto import WsProtocol
@@ -122,7 +123,7 @@ async def open_reader(server: Server, edge: Edge) -> tuple[WsProtocol, Wire, str
     wire = Wire()
     ws = WsProtocol(edge, wire, UNCOUNTED)  # type: ignore[arg-type]
     user = f"fuzz-{next(_users)}"
-    fmt = server.connections.format_for("raw", None)
+    fmt = server.connections.format_for("raw", None, WEBSOCKET)
     conn = await server.connections.attach(Identity(user), fmt, wire, ws.close)
     ws.start(conn)
     return ws, wire, user

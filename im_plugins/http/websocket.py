@@ -25,6 +25,7 @@ from im_core.errors import ImError
 from im_core.server import Server
 
 from .errors import json_error
+from .frames import WEBSOCKET
 from .head import BadRequest, accept_key, check_request
 from .wsproto import WsProtocol
 
@@ -43,7 +44,9 @@ async def admit(server: Server, connect: ConnectRequest) -> tuple[Identity, Form
     query = connect.query
     try:
         identity = await server.connections.authenticate(connect)
-        fmt = server.connections.format_for(query.get("codec"), query.get("message_type"))
+        fmt = server.connections.format_for(
+            query.get("codec"), query.get("message_type"), WEBSOCKET
+        )
     except Rejected as exc:
         raise BadRequest(exc.reject.status, exc.reject.reason) from None
     except ImError as exc:

@@ -1,4 +1,5 @@
-"""Server-to-client WebSocket frames (RFC 6455), built once and written as bytes.
+"""Server-to-client WebSocket frames (RFC 6455), built once and written as bytes;
+``WEBSOCKET`` is the core's ``Framing`` for WebSocket connections.
 
 Server frames are never masked, so a frame is a 2-10 byte header plus the payload:
 building it once per broadcast lets every connection share the same bytes.
@@ -39,3 +40,16 @@ def close_frame(code: int, reason: str = "") -> bytes:
 
 
 PING = frame(OP_PING, b"")
+
+
+class WebSocketFraming:
+    """How pushes travel on a WebSocket: one final text or binary frame each."""
+
+    name = "websocket"
+    probe = PING
+
+    def message(self, data: bytes, binary: bool) -> bytes:
+        return frame(OP_BINARY if binary else OP_TEXT, data)
+
+
+WEBSOCKET = WebSocketFraming()

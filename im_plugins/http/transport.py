@@ -11,6 +11,7 @@ from .api import PREFIX, api_app, body_limit
 from .front import Edge, FrontSite
 from .options import HttpOptions
 from .quiet import QuietServerLog
+from .sse import SESSIONS, Sessions, send, stream
 from .websocket import SERVER, websocket
 
 if TYPE_CHECKING:
@@ -64,6 +65,9 @@ class HttpTransport:
         app[SERVER] = server
         app.router.add_get("/conn", websocket)
         app.router.add_get("/chat", websocket)
+        app[SESSIONS] = Sessions()
+        app.router.add_get("/sse", stream, allow_head=False)
+        app.router.add_post("/sse/send", send)
         app.router.add_get("/ping", ping)
         app.router.add_get("/health", health)
         app.add_subapp(PREFIX, api_app(server))

@@ -30,22 +30,32 @@ from .head import BadRequest, accept_key, check_request
 from .wsproto import WsProtocol
 
 if TYPE_CHECKING:
+    from im_core.transport import Framing
+
     from .front import Edge
 
 SERVER = web.AppKey("server", Server)
 log = logging.getLogger("im.http")
 
 
-async def admit(server: Server, connect: ConnectRequest) -> tuple[Identity, Format]:
-    """Validate a connection attempt: its identity and frame format, else
-    raise ``BadRequest`` with the answer."""
+async def admit(
+    server: Server,
+    connect: ConnectRequest,
+    framing: Framing = WEBSOCKET,
+    *,
+    codec: str | None = None,
+    message_type: str | None = None,
+) -> tuple[Identity, Format]:
+    """Validate a connection attempt: its identity and its format on ``framing``'s
+    wire (codec and message type from the query unless given), else raise
+    ``BadRequest`` with the answer."""
     if server.stopping:
         raise BadRequest(503, "server is shutting down")
     query = connect.query
     try:
         identity = await server.connections.authenticate(connect)
         fmt = server.connections.format_for(
-            query.get("codec"), query.get("message_type"), WEBSOCKET
+            codec or query.get("codec"), message_type or query.get("message_type"), framing
         )
     except Rejected as exc:
         raise BadRequest(exc.reject.status, exc.reject.reason) from None

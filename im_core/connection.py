@@ -44,7 +44,7 @@ class Format:
         self.framing = framing
 
     def build(self, sid: int, payload: bytes) -> bytes:
-        return self.framing.message(self.codec.encode_push(sid, payload), self.binary)
+        return self.framing.message(self.codec.encode_push(sid, payload), self.binary, sid)
 
     def __repr__(self) -> str:
         kind = "binary" if self.binary else "text"
@@ -168,7 +168,7 @@ class Connection:
             binary = fmt.binary
         elif not binary and not fmt.codec.text_safe:
             raise ValueError(f"codec {fmt.codec.name!r} needs binary frames")
-        return self.send(fmt.framing.message(fmt.codec.encode_push(0, data), binary))
+        return self.send(fmt.framing.message(fmt.codec.encode_push(0, data), binary, 0))
 
     def probe(self) -> None:
         """Ask a silent client for a sign of life (its transport's probe: a WebSocket

@@ -28,9 +28,10 @@ class Framing(Protocol):
     #: Bytes that ask a silent client for a sign of life (a WebSocket ping).
     probe: bytes
 
-    def message(self, data: bytes, binary: bool) -> bytes:
+    def message(self, data: bytes, binary: bool, sid: int) -> bytes:
         """One message carrying ``data`` (the codec's bytes) as the wire frames it;
-        ``binary`` is the connection's frame kind (text frames carry UTF-8)."""
+        ``binary`` is the connection's frame kind (text frames carry UTF-8) and
+        ``sid`` the push's sid (0: no ack wanted), for wires that label messages."""
         ...
 
 

@@ -40,7 +40,7 @@ class Lines:
     name = "lines"
     probe = b"\n"
 
-    def message(self, data: bytes, binary: bool) -> bytes:
+    def message(self, data: bytes, binary: bool, sid: int) -> bytes:
         return data + b"\n"
 
 

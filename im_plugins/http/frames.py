@@ -48,7 +48,7 @@ class WebSocketFraming:
     name = "websocket"
     probe = PING
 
-    def message(self, data: bytes, binary: bool) -> bytes:
+    def message(self, data: bytes, binary: bool, sid: int) -> bytes:
         return frame(OP_BINARY if binary else OP_TEXT, data)
 
 

@@ -43,20 +43,6 @@ _HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
     b"X-Accel-Buffering: no\r\nConnection: close\r\n\r\n"
 )
-_SID = b'{"sid":'
-
-
-def _sid_of(data: bytes) -> bytes:
-    """The sid of a JSON codec push (``{"sid":N,...}``; absent when N is 0), or b""."""
-    if not data.startswith(_SID):
-        return b""
-    end = data.find(b",", len(_SID))
-    if end < 0:
-        end = data.find(b"}", len(_SID))
-    sid = data[len(_SID) : end]
-    return sid if sid.isdigit() else b""
-
-
 def event(data: bytes, name: bytes = b"", sid: bytes = b"") -> bytes:
     """One SSE event; a line break in ``data`` continues it on another ``data:`` line."""
     head = (b"event: " + name + b"\n" if name else b"") + (b"id: " + sid + b"\n" if sid else b"")
@@ -70,8 +56,8 @@ class SseFraming:
     name = "sse"
     probe = b": ping\n\n"
 
-    def message(self, data: bytes, binary: bool) -> bytes:
-        return event(data, sid=_sid_of(data))
+    def message(self, data: bytes, binary: bool, sid: int) -> bytes:
+        return event(data, sid=str(sid).encode() if sid else b"")
 
 
 SSE = SseFraming()

@@ -4,6 +4,7 @@ that hold their targets, state is cluster-wide, one login per user."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from im_core.errors import CloseCode
 
 from .cluster import broker_options, cleanup, new_prefix, record_deliveries, require_broker
 from .conftest import MakeServer, eventually, http_url
+from .test_sse import Stream
 
 Connect = Callable[..., Awaitable[Client]]
 Node = Callable[..., Awaitable[Server]]
@@ -223,3 +225,23 @@ async def test_pushes_are_grouped_per_node(node: Node, connect: Connect) -> None
     assert result.missing == ()
     assert len(seen) == 1 and len(seen[0].users) == 5
     await asyncio.gather(*(c.receive() for c in clients))
+
+
+async def test_sse_user_on_one_node_gets_a_push_made_through_another(node: Node, session) -> None:
+    """Client transports sit behind one contract: cluster routing is the same for SSE."""
+    a, b = await node(), await node()
+    resp = await session.get(http_url(a, "/sse"), params={"token": "sse-user"})
+    try:
+        stream = Stream(resp)
+        assert (await stream.next())["event"] == "session"
+        await visible(b, "sse-user")
+        assert (await b.push("sse-user", b"via b", ack=True)).missing == ()
+        sid, body = await stream.message()
+        assert int(sid) > 0 and base64.b64decode(body["msg"]) == b"via b"
+        await eventually(lambda: _online(b, 1))  # counted cluster-wide like a WebSocket user
+    finally:
+        resp.close()
+
+
+async def _online(server: Server, n: int) -> bool:
+    return (await server.stats()).online == n

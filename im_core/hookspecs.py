@@ -21,12 +21,14 @@ lifecycle with the hooks themselves (``im_connected``, ``im_disconnected``,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import pluggy
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from .ack import AckOutcome
     from .broker import Broker
     from .codec import Codec
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from .identity import ConnectRequest, Identity, Reject
     from .server_api import ServerAPI
     from .transport import Transport
+
+    HttpHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 hookspec = pluggy.HookspecMarker("im")
 hookimpl = pluggy.HookimplMarker("im")
@@ -72,6 +76,18 @@ def im_register_transports(register: Callable[[Transport], None], server: Server
     Called once at startup; transports are started in the order they are
     registered (hook call order: plugins registered later first) and stopped in
     reverse order. See ``im_core.transport.Transport``.
+    """
+
+
+@hookspec
+def im_http_routes(add_get: Callable[[str, HttpHandler], None]) -> None:
+    """Add GET routes to the HTTP port: ``add_get(path, handler)`` with an aiohttp
+    handler (``async def handler(request) -> web.StreamResponse``).
+
+    Called synchronously while the HTTP plugin builds its application (before it
+    listens), so implementations must not be ``async def``. Paths must not clash
+    with the built-in ones (``/conn``, ``/sse``, ``/api/v1/...``): aiohttp refuses a
+    duplicate route at startup.
     """
 
 

@@ -166,6 +166,14 @@ class Hooks:
         self._hook.im_register_transports(register=found.append, server=server)
         return found
 
+    def http_routes(self, add_get: Callable[[str, Any], None]) -> None:
+        """GET routes for the HTTP port; the hook is synchronous (the app is being built)."""
+        for result in self._hook.im_http_routes(add_get=add_get):
+            if inspect.isawaitable(result):
+                if inspect.iscoroutine(result):
+                    result.close()
+                raise TypeError("im_http_routes must be a plain function, not async")
+
     def broker(self, server: Server) -> Broker | None:
         return self._hook.im_broker(server=server)  # type: ignore[no-any-return]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from im_core.server import Server
 
 log = logging.getLogger("im.http")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -71,6 +73,11 @@ class HttpTransport:
         app.router.add_get("/ping", ping)
         app.router.add_get("/health", health)
         app.add_subapp(PREFIX, api_app(server))
+
+        def add_get(path: str, handler: Handler) -> None:  # im_http_routes
+            app.router.add_get(path, handler)
+
+        server.hooks.http_routes(add_get)
         return app
 
     async def start(self, server: Server) -> None:

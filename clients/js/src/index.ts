@@ -6,6 +6,10 @@
  * The browser path uses the global `WebSocket` and nothing else. In Node the global
  * `WebSocket` is used when present (Node 22+), else the `ws` package (an optional
  * peer dependency), else the constructor given as the `WebSocket` option.
+ *
+ * With `transport: "auto"` (the default) a WebSocket that cannot open makes the
+ * client try im's Server-Sent Events transport (`/sse`) at once; whichever opens
+ * first is kept for that client's later reconnects. `transport: "sse"` forces it.
  */
 
 import {
@@ -16,9 +20,14 @@ import {
   encodeJsonAck,
   toBytes,
 } from "./wire.js";
+import { SseConnection, sseUrlFrom } from "./sse.js";
 
 export type { Codec } from "./wire.js";
 export { decodeJsonPush, decodeProtobufPush, encodeClientFrame, encodeJsonAck } from "./wire.js";
+export { SseParser, sseUrlFrom } from "./sse.js";
+
+/** How the client reaches im: WebSocket, Server-Sent Events, or WebSocket with SSE fallback. */
+export type Transport = "websocket" | "sse" | "auto";
 
 export interface ReconnectOptions {
   /** Milliseconds before the first retry (default 500). */
@@ -62,6 +71,21 @@ export interface ImClientOptions {
   params?: Record<string, string>;
   /** WebSocket constructor to use instead of the global one or `ws`. */
   WebSocket?: WebSocketConstructor;
+  /**
+   * "websocket", "sse" (Server-Sent Events + POSTs; json codec only) or "auto"
+   * (default): WebSocket first, SSE when the WebSocket cannot open; the transport
+   * that opened is kept for later reconnects. "auto" with protobuf is WebSocket only.
+   */
+  transport?: Transport;
+  /** SSE only: the stream's URL (default: the WebSocket URL, http(s), `/conn` → `/sse`). */
+  sseUrl?: string;
+  /**
+   * SSE only: milliseconds between heartbeat POSTs (default 30000). Must be below
+   * the server's `--heartbeat-interval`, or the server closes the stream with 4000.
+   */
+  heartbeatInterval?: number;
+  /** SSE only: EventSource constructor to use instead of the global one (else fetch). */
+  EventSource?: new (url: string) => any;
 }
 
 /** A push: its sid (0 when no ack is wanted) and its payload. */
@@ -142,7 +166,8 @@ async function resolveWebSocket(given?: WebSocketConstructor): Promise<WebSocket
 
 /** The HTTP status out of a failed handshake's error event, when the library tells it. */
 function handshakeStatus(ev: unknown): number | undefined {
-  const e = ev as { message?: unknown; error?: { message?: unknown } } | undefined;
+  const e = ev as { message?: unknown; status?: unknown; error?: { message?: unknown } } | undefined;
+  if (typeof e?.status === "number") return e.status; // the SSE transport's refusals
   for (const text of [e?.message, e?.error?.message]) {
     const m = typeof text === "string" ? /Unexpected server response: (\d{3})/.exec(text) : null;
     if (m) return Number(m[1]);
@@ -154,6 +179,9 @@ export class ImClient {
   readonly url: string;
   readonly codec: Codec;
   readonly autoAck: boolean;
+  readonly transport: Transport;
+  /** The transport of the current or last connection. */
+  using: "websocket" | "sse" | undefined;
   /** The code of the last close, if any. */
   closeCode: number | undefined;
 
@@ -166,6 +194,8 @@ export class ImClient {
     error: new Set(),
   };
   private ws: WebSocketLike | null = null;
+  /** The transport to use; null while "auto" has not opened one yet. */
+  private chosen: "websocket" | "sse" | null = null;
   private closing = false;
   private stopped = false;
   private failures = 0;
@@ -182,6 +212,11 @@ export class ImClient {
     this.codec = options.codec ?? "json";
     if (this.codec !== "json" && this.codec !== "protobuf") throw new TypeError(`unknown codec ${this.codec}`);
     this.autoAck = options.autoAck ?? true;
+    this.transport = options.transport ?? "auto";
+    if (!["websocket", "sse", "auto"].includes(this.transport)) throw new TypeError(`unknown transport ${this.transport}`);
+    if (this.transport === "sse" && this.codec !== "json") throw new TypeError("the sse transport carries the json codec only");
+    if (this.transport === "websocket" || this.codec !== "json") this.chosen = "websocket";
+    else if (this.transport === "sse") this.chosen = "sse";
     this.backoff =
       options.reconnect === false
         ? null
@@ -276,8 +311,8 @@ export class ImClient {
     return this.options.getToken ? await this.options.getToken() : (this.options.token as string);
   }
 
-  private buildUrl(token: string): string {
-    const url = new URL(this.url);
+  private buildUrl(token: string, sse = false): string {
+    const url = new URL(sse ? (this.options.sseUrl ?? sseUrlFrom(this.url)) : this.url);
     url.searchParams.set("token", token);
     url.searchParams.set("codec", this.codec);
     for (const [k, v] of Object.entries(this.options.params ?? {})) url.searchParams.set(k, v);
@@ -287,13 +322,36 @@ export class ImClient {
   private async open(): Promise<void> {
     this.timer = null;
     if (this.closing) return this.finish();
+    let token: string;
+    try {
+      token = await this.token();
+    } catch (err) {
+      this.emit("error", new ImError(`connect: ${String((err as Error)?.message ?? err)}`));
+      this.afterClose(1006, "", false, false);
+      return;
+    }
+    if (this.closing) return this.finish();
+    this.attempt(this.chosen ?? "websocket", token);
+  }
+
+  /** One connection attempt over `mode`; "auto" follows a failed WebSocket with SSE. */
+  private async attempt(mode: "websocket" | "sse", token: string): Promise<void> {
+    const fallback = mode === "websocket" && this.chosen === null;
     let ws: WebSocketLike;
     try {
-      const token = await this.token();
-      const WS = await resolveWebSocket(this.options.WebSocket);
-      if (this.closing) return this.finish();
-      ws = new WS(this.buildUrl(token));
+      if (mode === "sse") {
+        ws = new SseConnection(
+          this.buildUrl(token, true),
+          this.options.heartbeatInterval ?? 30_000,
+          this.options.EventSource,
+        ) as WebSocketLike;
+      } else {
+        const WS = await resolveWebSocket(this.options.WebSocket);
+        if (this.closing) return this.finish();
+        ws = new WS(this.buildUrl(token));
+      }
     } catch (err) {
+      if (fallback) return this.attempt("sse", token);
       const error = err instanceof ImError ? err : new ImError(`connect: ${String((err as Error)?.message ?? err)}`);
       this.emit("error", error);
       this.afterClose(1006, "", false, error.fatal);
@@ -301,10 +359,12 @@ export class ImClient {
     }
     ws.binaryType = "arraybuffer";
     this.ws = ws;
+    this.using = mode;
     let opened = false;
     let refused: ImError | undefined;
     ws.onopen = () => {
       opened = true;
+      this.chosen = mode;
       this.failures = 0;
       this.connects += 1;
       this.emit("connected", { connects: this.connects });
@@ -327,6 +387,9 @@ export class ImClient {
       ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
       if (this.ws === ws) this.ws = null;
       if (!opened) {
+        // "auto": a WebSocket that did not open (blocked, refused) is followed by SSE
+        // at once, with the same token; only the SSE attempt's outcome is reported.
+        if (fallback && !this.closing) return void this.attempt("sse", token);
         const error = refused ?? new ImError(`connect failed (close ${ev.code})`);
         this.emit("error", error);
         this.afterClose(ev.code || 1006, ev.reason ?? "", false, error.fatal);

@@ -51,6 +51,10 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
 )
 
 
+#: Built-in plugins loaded only when named (``--plugin demo``): name -> module.
+OPTIONAL_PLUGINS: dict[str, str] = {"demo": "im_plugins.demo"}
+
+
 class PluginError(Exception):
     """A plugin named on the command line could not be loaded."""
 
@@ -83,9 +87,12 @@ def get_plugin_manager(
 
 
 def load_plugin(pm: pluggy.PluginManager, spec: str) -> None:
-    """Register the plugin ``spec``: an entry-point name of the group ``im``, or a
-    dotted module path."""
+    """Register the plugin ``spec``: an optional built-in's name, an entry-point name
+    of the group ``im``, or a dotted module path."""
     if pm.has_plugin(spec) or pm.is_blocked(spec):
+        return
+    if spec in OPTIONAL_PLUGINS:
+        pm.register(importlib.import_module(OPTIONAL_PLUGINS[spec]), spec)
         return
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == spec:

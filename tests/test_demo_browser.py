@@ -23,7 +23,7 @@ from .conftest import MakeServer, http_url
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "demo.png"
-PLUGIN = "im_plugins.demo"
+PLUGIN = "demo"  # the optional built-in, by its short name
 
 
 def require_browser() -> None:

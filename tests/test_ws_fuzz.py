@@ -25,7 +25,7 @@ from im_core import Identity, Server, hookimpl
 from im_plugins.http.frames import WEBSOCKET
 from im_plugins.http.front import Edge
 from im_plugins.http.gate import UNCOUNTED
-from im_plugins.http.wsproto import WsProtocol
+from im_plugins.http.ws_reader import WsProtocol
 
 from .conftest import eventually
 from .test_websocket_protocol import RawClient, client_frame

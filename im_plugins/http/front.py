@@ -35,7 +35,7 @@ from .errors import error_body
 from .gate import UNCOUNTED, Gate
 from .head import BadRequest, Head, accept_key, check_request, parse_head
 from .options import HttpOptions
-from .websocket import admit, register, switch
+from .upgrade import admit, register, switch
 
 if TYPE_CHECKING:
     from im_core.server import Server

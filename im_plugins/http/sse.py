@@ -32,7 +32,7 @@ from im_core.connection import Connection
 from .errors import json_error
 from .gate import UNCOUNTED
 from .head import BadRequest
-from .websocket import SERVER, _release, _TakenOver, admit
+from .upgrade import SERVER, _release, _TakenOver, admit
 
 if TYPE_CHECKING:
     from .front import Edge

@@ -13,7 +13,7 @@ from .front import Edge, FrontSite
 from .options import HttpOptions
 from .quiet import QuietServerLog
 from .sse import SESSIONS, Sessions, send, stream
-from .websocket import SERVER, websocket
+from .upgrade import SERVER, websocket
 
 if TYPE_CHECKING:
     from im_core.server import Server

@@ -2,7 +2,7 @@
 
 ``front.FrontProtocol`` (or, for upgrades later on a keep-alive connection, the
 aiohttp route) parses the upgrade request and runs the validate hook;
-``websocket.switch`` then answers ``101`` and moves the socket to a ``WsProtocol``
+``upgrade.switch`` then answers ``101`` and moves the socket to a ``WsProtocol``
 with ``transport.set_protocol``. From then on no aiohttp request, response,
 reader or task exists per connection: an idle connection is this object, its
 ``Connection`` and the transport. Writes go straight to the transport

@@ -27,7 +27,7 @@ from im_core.server import Server
 from .errors import json_error
 from .frames import WEBSOCKET
 from .head import BadRequest, accept_key, check_request
-from .wsproto import WsProtocol
+from .ws_reader import WsProtocol
 
 if TYPE_CHECKING:
     from im_core.transport import Framing

@@ -2,40 +2,17 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { ImClient } from "../dist/index.js";
-import { Im, next, record, sleep } from "./im.mjs";
+import { Im, clientsOf, next, record, sleep, unackedDropsToZero } from "./im.mjs";
 
-const FAST = { initialDelay: 50, maxDelay: 200, factor: 2, jitter: 0.2 };
 let im;
-const clients = [];
-
-function client(token, options = {}) {
-  const c = new ImClient(im.wsUrl, { token, reconnect: FAST, ...options });
-  clients.push(c);
-  return c;
-}
-
-async function connected(token, options) {
-  const c = client(token, options);
-  await next(c, "connected");
-  return c;
-}
-
-async function unackedDropsToZero(timeout = 3000) {
-  const deadline = Date.now() + timeout;
-  for (;;) {
-    const { unacked } = await im.api("stats");
-    if (unacked === 0) return;
-    if (Date.now() > deadline) assert.fail(`still ${unacked} unacked`);
-    await sleep(50);
-  }
-}
+const { client, connected, closeAll } = clientsOf(ImClient, () => im, {});
 
 before(async () => {
   im = await new Im(["--plugin", "tests.plugins.echo", "--ack-interval", "0.5", "--max-inbound-rate", "20"]).start();
 });
 
 after(async () => {
-  await Promise.all(clients.map((c) => c.close()));
+  await closeAll();
   await im.stop();
 });
 
@@ -58,7 +35,7 @@ for (const codec of ["json", "protobuf"]) {
     const seen = record(c);
     const { sid } = await im.api("push_user", { user: `auto-${codec}`, text: "ack me", ack: true });
     assert.ok(sid > 0);
-    await unackedDropsToZero();
+    await unackedDropsToZero(im);
     await sleep(1200); // two ack intervals: a missing receipt would have been re-sent
     assert.deepEqual(seen.message.map((m) => m.sid), [sid]);
   });
@@ -73,7 +50,7 @@ for (const codec of ["json", "protobuf"]) {
     const again = await next(c, "message", { timeout: 3000 });
     assert.equal(again.sid, sid);
     assert.ok(c.ack(sid));
-    await unackedDropsToZero();
+    await unackedDropsToZero(im);
   });
 
   test(`${codec}: send() reaches the server's receive hook`, async () => {

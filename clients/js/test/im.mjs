@@ -81,6 +81,38 @@ export class Im {
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** Backoff fast enough for tests. */
+export const FAST = { initialDelay: 50, maxDelay: 200, factor: 2, jitter: 0.2 };
+
+/** Clients of one test file: `client()` makes one with `defaults` (and `im()`'s URL),
+ * `connected()` waits for its first connection, `closeAll()` ends them. */
+export function clientsOf(ImClient, im, defaults = {}) {
+  const made = [];
+  const client = (token, options = {}) => {
+    const c = new ImClient(im().wsUrl, { token, reconnect: FAST, ...defaults, ...options });
+    made.push(c);
+    return c;
+  };
+  const connected = async (token, options) => {
+    const c = client(token, options);
+    await next(c, "connected");
+    return c;
+  };
+  const closeAll = () => Promise.all(made.map((c) => c.close()));
+  return { client, connected, closeAll };
+}
+
+/** Wait until the server tracks no unacked message (acks arrived). */
+export async function unackedDropsToZero(im, timeout = 3000) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const { unacked } = await im.api("stats");
+    if (unacked === 0) return;
+    if (Date.now() > deadline) throw new Error(`still ${unacked} unacked`);
+    await sleep(50);
+  }
+}
+
 /** The next `event` of `client` (optionally the next one `match` accepts). */
 export function next(client, event, { timeout = 5000, match = () => true } = {}) {
   return new Promise((resolve, reject) => {

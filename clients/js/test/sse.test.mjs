@@ -3,34 +3,11 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { ImClient, SseParser, sseUrlFrom } from "../dist/index.js";
-import { Im, next, record, sleep } from "./im.mjs";
+import { Im, clientsOf, next, record, sleep, unackedDropsToZero } from "./im.mjs";
 
-const FAST = { initialDelay: 50, maxDelay: 200, factor: 2, jitter: 0.2 };
 const HEARTBEAT = 300; // ms between heartbeat POSTs; the server's interval is 1 s
 let im;
-const clients = [];
-
-function client(token, options = {}) {
-  const c = new ImClient(im.wsUrl, { token, transport: "sse", heartbeatInterval: HEARTBEAT, reconnect: FAST, ...options });
-  clients.push(c);
-  return c;
-}
-
-async function connected(token, options) {
-  const c = client(token, options);
-  await next(c, "connected");
-  return c;
-}
-
-async function unackedDropsToZero(timeout = 3000) {
-  const deadline = Date.now() + timeout;
-  for (;;) {
-    const { unacked } = await im.api("stats");
-    if (unacked === 0) return;
-    if (Date.now() > deadline) assert.fail(`still ${unacked} unacked`);
-    await sleep(50);
-  }
-}
+const { client, connected, closeAll } = clientsOf(ImClient, () => im, { transport: "sse", heartbeatInterval: HEARTBEAT });
 
 /** A WebSocket that never opens, as behind a proxy that blocks upgrades. */
 class BlockedWebSocket {
@@ -53,7 +30,7 @@ before(async () => {
 });
 
 after(async () => {
-  await Promise.all(clients.map((c) => c.close()));
+  await closeAll();
   await im.stop();
 });
 
@@ -88,7 +65,7 @@ test("sse: auto-ack POSTs the ack", async () => {
   const seen = record(c);
   const { sid } = await im.api("push_user", { user: "sse-ack", text: "ack me", ack: true });
   assert.ok(sid > 0);
-  await unackedDropsToZero();
+  await unackedDropsToZero(im);
   await sleep(1000); // two ack intervals: a missing receipt would have been re-sent
   assert.deepEqual(seen.message.map((m) => m.sid), [sid]);
 });
@@ -99,7 +76,7 @@ test("sse: manual ack", async () => {
   const { sid } = await im.api("push_user", { user: "sse-manual", text: "later", ack: true });
   assert.equal((await first).sid, sid);
   assert.ok(c.ack(sid));
-  await unackedDropsToZero();
+  await unackedDropsToZero(im);
 });
 
 test("sse: send() reaches the server's receive hook", async () => {

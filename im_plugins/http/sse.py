@@ -3,7 +3,7 @@
 The second implementation of the core's framing contract (``im_core.transport``),
 next to the WebSocket's. Validation runs before any answer, so a refused client
 gets a plain HTTP status with im's JSON body, as on ``/conn``. An admitted socket
-then leaves aiohttp like an upgraded WebSocket (``websocket._release``): im writes
+then leaves aiohttp like an upgraded WebSocket (``upgrade.release``): im writes
 the response head itself (``Connection: close``: the body ends when the socket
 does, so no chunked framing sits between the core's bytes and the wire) and an
 ``SseProtocol`` watches the socket. The core writes prepared events straight to
@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import web
 
-from im_core import CloseCode, ConnectRequest
+from im_core import CloseCode
 from im_core.connection import Connection
 
 from .errors import json_error
 from .gate import UNCOUNTED
 from .head import BadRequest
-from .upgrade import SERVER, _release, _TakenOver, admit
+from .upgrade import SERVER, TakenOver, admit, handed_over, release
 
 if TYPE_CHECKING:
     from .front import Edge
@@ -43,6 +43,8 @@ _HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
     b"X-Accel-Buffering: no\r\nConnection: close\r\n\r\n"
 )
+
+
 def event(data: bytes, name: bytes = b"", sid: bytes = b"") -> bytes:
     """One SSE event; a line break in ``data`` continues it on another ``data:`` line."""
     head = (b"event: " + name + b"\n" if name else b"") + (b"id: " + sid + b"\n" if sid else b"")
@@ -165,18 +167,10 @@ def _token(request: web.Request) -> str:
 async def stream(request: web.Request) -> web.StreamResponse:
     """``GET /sse``: validate, answer the head and a ``session`` event, hand over."""
     server = request.app[SERVER]
-    transport = request.transport
-    handed = transport.get_protocol() if transport is not None else None
-    take_over = getattr(handed, "take_over", None)
-    if transport is None or take_over is None:
+    handed = handed_over(request, _token(request))
+    if handed is None:
         return json_error(400, "connection closed")
-    connect = ConnectRequest(
-        token=_token(request),
-        query=request.query,
-        headers=request.headers,
-        remote=request.remote,
-        path=request.path,
-    )
+    transport, take_over, connect = handed
     try:
         if request.query.get("message_type", "text") != "text":
             raise BadRequest(400, "message_type: an event stream carries text")
@@ -189,7 +183,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     edge, key = take_over()
     proto = SseProtocol(edge, transport, key)
     transport.set_protocol(proto)
-    _release(request)  # a GET has no body: bytes after it are not ours to read
+    release(request)  # a GET has no body: bytes after it are not ours to read
     if not transport.is_reading():
         transport.resume_reading()
     session = proto.open(request.app[SESSIONS])
@@ -205,7 +199,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         proto.abandon()
     else:
         proto.start(conn)
-    return _TakenOver()
+    return TakenOver()
 
 
 async def _body(request: web.Request, limit: int) -> bytes | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -95,7 +96,7 @@ async def register(
         ws.start(conn)
 
 
-class _TakenOver(web.StreamResponse):
+class TakenOver(web.StreamResponse):
     """What the handler returns once the socket has left aiohttp: nothing to write."""
 
     async def prepare(self, request: web.BaseRequest) -> None:
@@ -105,7 +106,7 @@ class _TakenOver(web.StreamResponse):
         return None
 
 
-def _release(request: web.Request) -> bytes:
+def release(request: web.Request) -> bytes:
     """Make aiohttp forget the request's connection; return bytes it read past it.
 
     This touches aiohttp internals (``_message_tail``, the handler's transport):
@@ -120,20 +121,32 @@ def _release(request: web.Request) -> bytes:
     return tail
 
 
-async def websocket(request: web.Request) -> web.StreamResponse:
-    server = request.app[SERVER]
+def handed_over(
+    request: web.Request, token: str
+) -> tuple[asyncio.Transport, Callable[[], tuple[Edge, object]], ConnectRequest] | None:
+    """For a route that takes its socket from aiohttp (``/conn``, ``/sse``): the
+    socket's transport, the front's ``take_over`` and the attempt to validate; None
+    when the socket is gone or did not come through the front."""
     transport = request.transport
-    handed = transport.get_protocol() if transport is not None else None
-    take_over = getattr(handed, "take_over", None)
+    take_over = getattr(transport.get_protocol(), "take_over", None) if transport else None
     if transport is None or take_over is None:
-        return json_error(400, "connection closed")
+        return None
     connect = ConnectRequest(
-        token=request.query.get("token", ""),
+        token=token,
         query=request.query,
         headers=request.headers,
         remote=request.remote,
         path=request.path,
     )
+    return transport, take_over, connect
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    server = request.app[SERVER]
+    handed = handed_over(request, request.query.get("token", ""))
+    if handed is None:
+        return json_error(400, "connection closed")
+    transport, take_over, connect = handed
     try:
         version = f"HTTP/{request.version.major}.{request.version.minor}"
         check_request(request.method, version, request.headers)
@@ -147,8 +160,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return json_error(400, "connection closed")
     edge, key = take_over()
     ws = switch(edge, transport, accept, key)
-    tail = _release(request)
+    tail = release(request)
     if tail:
         ws.data_received(tail)
     await register(server, ws, identity, fmt, connect.remote)
-    return _TakenOver()
+    return TakenOver()

@@ -8,7 +8,8 @@ Rules (docs/protocol.md, "Ack flow"):
   interval passes without a receipt it expires (``reason="max_tries"``);
 - a send that finds the user offline uses no try; the entry waits ``keep_offline``
   seconds for the user to return (then expires with ``reason="offline"``); when the
-  user reconnects, every unacked entry is re-delivered at once, in order;
+  user reconnects, every unacked entry with a try left is re-delivered at once, in
+  order (``max_tries`` is a hard limit: a reconnect after the last try sends nothing);
 - in a cluster the entries follow the user: the node the user reconnects to takes
   them over (``take`` on the old node, ``adopt`` on the new one) with their sid,
   order and try count; the old node forgets them without an outcome.
@@ -148,10 +149,15 @@ class AckTracker:
         self._due.append(entry)
         return entry
 
-    def redelivered(self, entry: Unacked) -> None:
-        """Account a re-delivery made on reconnect."""
-        entry.tries += 1
-        entry.offline_since = None
+    def redeliver(self, entry: Unacked, send: Callable[[Unacked], bool]) -> None:
+        """Re-send ``entry`` at once because its user (re)connected: a try like any
+        other. An entry that is done or has used all ``max_tries`` is not sent again;
+        it expires at its due time. ``send`` returns whether it was sent."""
+        if entry.done or entry.tries >= self.max_tries:
+            return
+        if send(entry):
+            entry.tries += 1
+            entry.offline_since = None
 
     def tick(self) -> None:
         """Re-send or expire every entry whose interval has passed."""

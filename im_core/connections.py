@@ -132,10 +132,7 @@ class Connections:
             conn.close(CloseCode.INTERNAL_ERROR, "server error while connecting")
             raise
         for entry in pending:
-            if entry.done:
-                continue
-            if conn.send(fmt.build(entry.sid, entry.payload)):
-                server.acks.redelivered(entry)
+            server.acks.redeliver(entry, lambda e: conn.send(fmt.build(e.sid, e.payload)))
         return conn
 
     def _detach(

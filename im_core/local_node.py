@@ -111,8 +111,7 @@ class Node:
         for handed in entries:
             entry = server.acks.adopt(user_id, handed.sid, handed.payload, handed.tries)
             if entry is not None and conn is not None:
-                if conn.send(conn.fmt.build(entry.sid, entry.payload)):
-                    server.acks.redelivered(entry)
+                server.acks.redeliver(entry, lambda e: conn.send(conn.fmt.build(e.sid, e.payload)))
 
     def ack_outcome(self, outcome: AckOutcome) -> None:
         server = self._server

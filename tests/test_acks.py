@@ -113,3 +113,23 @@ def test_sids_are_unique_nonzero_and_js_safe() -> None:
     assert {node_of(s) for s in sids} == {1023}
     with pytest.raises(ValueError):
         SidAllocator(1 << NODE_BITS)
+
+
+async def test_max_tries_is_a_hard_limit_across_a_reconnect(make_server) -> None:
+    """A reconnect right after the last try sends nothing more: the entry expires
+    with ``tries == max_tries`` (a reconnect used to add a try past the limit)."""
+    log = AckLog()
+    server = await make_server(plugins=(log,), ack_interval=0.4, ack_max_tries=2)
+    first = Client(ws_url(server), "eve")
+    await first.connect()
+    await eventually(lambda: server.local.local_count() == 1)
+    sid = (await server.push("eve", b"twice at most", ack=True)).sid
+    assert (await first.receive()).sid == sid  # try 1
+    assert (await first.receive(timeout=2)).sid == sid  # try 2, the last
+    await first.close()
+    await eventually(lambda: server.local.local_count() == 0)
+    async with Client(ws_url(server), "eve", auto_ack=False) as second:
+        with pytest.raises(TimeoutError):
+            await second.receive(timeout=0.3)  # no third send on reconnect
+        await eventually(lambda: log.expired, timeout=3)
+    assert log.expired == [("eve", sid, b"twice at most", 2, "max_tries")]

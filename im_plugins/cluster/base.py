@@ -132,6 +132,11 @@ class ClusterBroker(Broker):
         """Drop ``presence`` unless a newer login overwrote it."""
 
     @abc.abstractmethod
+    async def _update(self, presence: Presence) -> None:
+        """Rewrite the entry of ``presence``'s login (node and connection) with its
+        new tags; nothing when that entry is gone or a newer login overwrote it."""
+
+    @abc.abstractmethod
     async def _heartbeat(self) -> None:
         """Refresh this node's liveness; set ``self._resync`` when the store lost it."""
 
@@ -397,6 +402,11 @@ class ClusterBroker(Broker):
         current = self.node.local_presence(user)
         if current is not None:
             self.local[user] = current
+            try:
+                async with self.health.guard("retag"):
+                    await self._update(current)
+            except Unavailable:
+                self._resync = True  # re-registered from self.local when the broker is back
         self._changed()
         with contextlib.suppress(Unavailable):
             # Published before answering so a tag push right after the retag routes here.

@@ -262,16 +262,18 @@ class NatsBroker(ClusterBroker):
 
     # --- presence ----------------------------------------------------------------------
 
-    async def _delete_if(self, kv: KeyValue, key: str, revision: int) -> None:
-        """Delete ``key`` unless it was written after ``revision``."""
+    async def _delete_if(self, kv: KeyValue, key: str, revision: int) -> bool:
+        """Delete ``key`` unless it was written after ``revision`` (then False)."""
         try:
             await kv.delete(key, last=revision)
         except nats.js.errors.KeyWrongLastSequenceError:
-            pass
+            return False
         except nats.js.errors.APIError as exc:
             # nats-py's delete raises a plain APIError for it, unlike update.
             if exc.err_code != WRONG_LAST_SEQUENCE:
                 raise
+            return False
+        return True
 
     async def _get(self, kv: KeyValue, key: str) -> Any:
         try:
@@ -348,15 +350,34 @@ class NatsBroker(ClusterBroker):
                 continue
             return
 
+    async def _mine(self, presence: Presence) -> Any:
+        """The stored entry of ``presence``'s login (None: gone, or another login's)."""
+        entry = await self._get(self.presence_kv, user_key(presence.user_id))
+        if entry is None or not entry.value:
+            return None
+        v = orjson.loads(entry.value)
+        return entry if v["i"] == self.token and v["c"] == presence.conn_id else None
+
     async def _unregister(self, presence: Presence) -> None:
         self._check()
         key = user_key(presence.user_id)
-        entry = await self._get(self.presence_kv, key)
-        if entry is None or not entry.value:
+        while True:  # compare-and-delete: a retag may rewrite the entry meanwhile
+            entry = await self._mine(presence)
+            if entry is None or await self._delete_if(self.presence_kv, key, entry.revision):
+                return
+
+    async def _update(self, presence: Presence) -> None:
+        self._check()
+        key = user_key(presence.user_id)
+        while True:  # compare-and-set: never revive an entry the disconnect dropped
+            entry = await self._mine(presence)
+            if entry is None:
+                return
+            try:
+                await self.presence_kv.update(key, self._value(presence), last=entry.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
             return
-        v = orjson.loads(entry.value)
-        if v["i"] == self.token and v["c"] == presence.conn_id:
-            await self._delete_if(self.presence_kv, key, entry.revision)
 
     async def _heartbeat(self) -> None:
         async with self.health.guard("heartbeat"):

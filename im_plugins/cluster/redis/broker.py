@@ -30,8 +30,13 @@ CHUNK = 500
 POOL_SIZE = 32
 
 
+def login_of(p: Presence) -> str:
+    """The start of a presence value that names the login (node and connection)."""
+    return f"{p.node_id}|{p.conn_id}|"
+
+
 def presence_value(p: Presence) -> str:
-    return f"{p.node_id}|{p.conn_id}|{p.connected_at!r}|" + orjson.dumps(list(p.tags)).decode()
+    return f"{login_of(p)}{p.connected_at!r}|" + orjson.dumps(list(p.tags)).decode()
 
 
 def parse_presence(user: str, value: bytes | str) -> Presence:
@@ -90,6 +95,7 @@ class RedisBroker(ClusterBroker):
                 "BEAT",
                 "REGISTER",
                 "UNREGISTER",
+                "RETAG",
                 "LOCATE",
                 "COUNT",
                 "DISTRIBUTION",
@@ -265,8 +271,11 @@ class RedisBroker(ClusterBroker):
             await pipe.execute()
 
     async def _unregister(self, presence: Presence) -> None:
+        await self._script(self.s["UNREGISTER"], self.node_id, presence.user_id, login_of(presence))
+
+    async def _update(self, presence: Presence) -> None:
         await self._script(
-            self.s["UNREGISTER"], self.node_id, presence.user_id, presence_value(presence)
+            self.s["RETAG"], presence.user_id, login_of(presence), presence_value(presence)
         )
 
     async def _heartbeat(self) -> None:

@@ -86,12 +86,26 @@ if #held > 0 then redis.call('DEL', p..':held:'..u) end
 return {old, held}
 """
 
-# ARGV: prefix, id, user, value: drop the entry only if it is still this one
+# ARGV: prefix, id, user, login ("N|conn_id|"): drop the entry only if it is still
+# this login's (whatever its tags: a retag rewrites them)
 UNREGISTER = """
-local p, u = ARGV[1], ARGV[3]
-if redis.call('HGET', p..':presence', u) == ARGV[4] then redis.call('HDEL', p..':presence', u) end
+local p, u, login = ARGV[1], ARGV[3], ARGV[4]
+local v = redis.call('HGET', p..':presence', u)
+if v and string.sub(v, 1, #login) == login then redis.call('HDEL', p..':presence', u) end
 redis.call('SREM', p..':users:'..ARGV[2], u)
 return 1
+"""
+
+# ARGV: prefix, user, login ("N|conn_id|"), value: the login's new tags; nothing
+# when the entry is gone or belongs to another login -> 1 updated, 0 not
+RETAG = """
+local p, u, login = ARGV[1], ARGV[2], ARGV[3]
+local v = redis.call('HGET', p..':presence', u)
+if v and string.sub(v, 1, #login) == login then
+  redis.call('HSET', p..':presence', u, ARGV[4])
+  return 1
+end
+return 0
 """
 
 # ARGV: prefix, users... -> entries on live nodes (nil for offline users)

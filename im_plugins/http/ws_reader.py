@@ -51,15 +51,11 @@ _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 
 class _Fail(Exception):
-    """A client frame that breaks the protocol or a limit: close with ``code``.
+    """A client frame that breaks the protocol or a limit: close with ``code``."""
 
-    ``final``: the client already sent its close frame, so none will follow ours.
-    """
-
-    def __init__(self, code: int, reason: str, final: bool = False) -> None:
+    def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code = code
-        self.final = final
 
 
 def unmask(mask: bytes, data: bytes) -> bytes:
@@ -211,10 +207,13 @@ class WsProtocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _fail(self, fail: _Fail) -> None:
+        """Fail the connection (RFC 6455 7.1.7): our close frame, then hang up. What
+        the client sent after the failing frame was not read (it may not even be
+        framed), so its close could not be told apart: waiting for it would only
+        hold the socket."""
         assert self.conn is not None
-        self.conn.close(fail.code, str(fail))  # -> self.close(): close frame, wait
-        if fail.final:  # the client's close came already: none will follow
-            self.transport.close()
+        self.conn.close(fail.code, str(fail))  # -> self.close(): the close frame
+        self.transport.close()  # after the buffered close frame is written
 
     def _parse(self, data: bytes, conn: Connection) -> int:
         """Handle every whole frame in ``data``; return the bytes consumed."""
@@ -248,8 +247,8 @@ class WsProtocol(asyncio.Protocol):
             if not b1 & 0x80:
                 raise _Fail(CloseCode.PROTOCOL_ERROR, "client frame not masked")
             if opcode >= 0x8:
-                if not b0 & 0x80 or length > 125:  # a broken close is still the last word
-                    raise _Fail(CloseCode.PROTOCOL_ERROR, "bad control frame", opcode == OP_CLOSE)
+                if not b0 & 0x80 or length > 125:
+                    raise _Fail(CloseCode.PROTOCOL_ERROR, "bad control frame")
             elif length + (self._frag_size if opcode == OP_CONTINUATION else 0) > (
                 opts.max_frame_size
             ):
@@ -368,14 +367,14 @@ def _close_code(payload: bytes) -> int:
     if not payload:
         return CloseCode.NORMAL
     if len(payload) == 1:
-        raise _Fail(CloseCode.PROTOCOL_ERROR, "close frame with a 1-byte body", final=True)
+        raise _Fail(CloseCode.PROTOCOL_ERROR, "close frame with a 1-byte body")
     code = int.from_bytes(payload[:2], "big")
     if (code < 3000 and code not in _CLIENT_CODES) or code >= 5000:
-        raise _Fail(CloseCode.PROTOCOL_ERROR, f"invalid close code {code}", final=True)
+        raise _Fail(CloseCode.PROTOCOL_ERROR, f"invalid close code {code}")
     try:
         payload[2:].decode()
     except UnicodeDecodeError:
-        raise _Fail(CloseCode.INVALID_DATA, "close reason is not UTF-8", final=True) from None
+        raise _Fail(CloseCode.INVALID_DATA, "close reason is not UTF-8") from None
     return code
 
 

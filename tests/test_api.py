@@ -151,6 +151,7 @@ async def test_presence(server, api, connect) -> None:
     assert found["node_id"] == server.node_id and found["conn_id"] and found["connected_at"] > 0
     missing = await client.call("Presence", user="ghost")
     assert missing["online"] is False
+    assert missing["node_id"] == -1  # not 0: that is a real node's id
 
 
 async def test_retag_then_push_to_the_new_tag(server, api, connect) -> None:

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 OUTCOME = {"acked": pb.ACKED, "expired": pb.EXPIRED}
 
 
+#: ``node_id`` of an offline user: node ids start at 0, so 0 would name a real node.
+NO_NODE = -1
+
+
 class ImMethods:
     """The unary methods of ``im.v1.Im`` (named as in the proto) and ``push``."""
 
@@ -75,8 +79,8 @@ class ImMethods:
 
     async def Presence(self, request: pb.PresenceRequest) -> pb.PresenceReply:
         found = await self.server.presence(request.user)
-        if found is None:
-            return pb.PresenceReply(online=False)
+        if found is None:  # node ids start at 0: an offline user is on node -1 (none)
+            return pb.PresenceReply(online=False, node_id=NO_NODE)
         return pb.PresenceReply(
             online=True,
             node_id=found.node_id,

@@ -22,13 +22,11 @@ lifecycle with the hooks themselves (``im_connected``, ``im_disconnected``,
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
-    from aiohttp import web
-
     from .ack import AckOutcome
     from .broker import Broker
     from .codec import Codec
@@ -37,7 +35,8 @@ if TYPE_CHECKING:
     from .server_api import ServerAPI
     from .transport import Transport
 
-    HttpHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+    # The HTTP plugin's handler type (an aiohttp handler); the core names no HTTP library.
+    HttpHandler = Callable[[Any], Awaitable[Any]]
 
 hookspec = pluggy.HookspecMarker("im")
 hookimpl = pluggy.HookimplMarker("im")

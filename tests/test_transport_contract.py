@@ -24,6 +24,9 @@ def test_core_builds_no_websocket_frames() -> None:
         for mark in ("OP_TEXT", "OP_BINARY", "258EAFA5", "Sec-WebSocket", 'pack("!BB'):
             assert mark not in text, (name, mark)
         assert not re.search(r"^from im_plugins|^import im_plugins", text, re.M), name
+        # no transport or broker library, not even for type checking
+        library = r"^\s*(from|import) (aiohttp|grpc|redis|nats|multidict)\b"
+        assert not re.search(library, text, re.M), name
     loaded = subprocess.run(
         [sys.executable, "-c", "import im_core, sys; print(sorted(sys.modules))"],
         capture_output=True,

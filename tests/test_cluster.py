@@ -12,12 +12,13 @@ import aiohttp
 import pytest
 
 from im_client import Client
-from im_core import Server, hookimpl
+from im_core import Server
 from im_core.ack import node_of
 from im_core.errors import CloseCode
 
 from .cluster import broker_options, cleanup, new_prefix, record_deliveries, require_broker
 from .conftest import MakeServer, eventually, http_url
+from .test_acks import AckLog
 from .test_sse import Stream
 
 Connect = Callable[..., Awaitable[Client]]
@@ -184,15 +185,6 @@ async def test_kick_and_retag_on_the_holding_node(node: Node, connect: Connect) 
     assert await a.kick("bob", "go away")
     assert await bob.wait_closed() == CloseCode.KICKED
     assert not await a.kick("nobody")
-
-
-class AckLog:
-    def __init__(self) -> None:
-        self.acked: list[tuple[str, int]] = []
-
-    @hookimpl
-    def im_acked(self, user_id: str, sid: int) -> None:
-        self.acked.append((user_id, sid))
 
 
 async def test_acks_work_on_the_node_holding_the_user(node: Node, connect: Connect) -> None:

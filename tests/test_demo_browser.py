@@ -19,6 +19,7 @@ from im_core import Server, hookimpl
 from im_core.plugins import get_plugin_manager
 
 from .conftest import MakeServer, http_url
+from .test_acks import AckLog
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -117,15 +118,6 @@ def scenario(base: str, sse: bool) -> None:
         )
         if os.environ.get("IM_DEMO_SCREENSHOT") == "1" and not sse:
             alice.save_screenshot(str(SCREENSHOT))
-
-
-class AckLog:
-    def __init__(self) -> None:
-        self.acked: list[tuple[str, int]] = []
-
-    @hookimpl
-    def im_acked(self, user_id: str, sid: int) -> None:
-        self.acked.append((user_id, sid))
 
 
 @pytest.mark.timeout(120)

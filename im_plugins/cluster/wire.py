@@ -79,6 +79,16 @@ class Deliver:
         return cls(target, tuple(users), tuple(tags), int(sid), payload)
 
 
+def _split(rows: list[list[Any]], payload: bytes) -> list[tuple[list[Any], bytes]]:
+    """Rows whose last field is the size of their share of ``payload``, each with it."""
+    out, at = [], 0
+    for row in rows:
+        size = row[-1]
+        out.append((row, payload[at : at + size]))
+        at += size
+    return out
+
+
 @attrs.define(slots=True)
 class Outcomes:
     """Ack outcomes of pushes whose sids the receiver allocated (not answered)."""
@@ -95,12 +105,12 @@ class Outcomes:
 
     @classmethod
     def load(cls, head: list[Any], payload: bytes) -> Self:
-        _, _, _, _, rows = head
-        out, at = [], 0
-        for outcome, user, sid, tries, reason, size in rows:
-            out.append(AckOutcome(outcome, user, sid, tries, reason, payload[at : at + size]))
-            at += size
-        return cls(tuple(out))
+        return cls(
+            tuple(
+                AckOutcome(o, user, sid, tries, reason, data)
+                for (o, user, sid, tries, reason, _), data in _split(head[4], payload)
+            )
+        )
 
 
 @attrs.define(slots=True)
@@ -203,12 +213,12 @@ class Taken:
 
     @classmethod
     def load(cls, head: list[Any], payload: bytes) -> Self:
-        _, _, _, _, rows = head
-        out, at = [], 0
-        for sid, tries, size in rows:
-            out.append(Entry(int(sid), int(tries), payload[at : at + size]))
-            at += size
-        return cls(tuple(out))
+        return cls(
+            tuple(
+                Entry(int(sid), int(tries), data)
+                for (sid, tries, _), data in _split(head[4], payload)
+            )
+        )
 
 
 @attrs.define(slots=True)

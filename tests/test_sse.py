@@ -221,3 +221,28 @@ async def test_client_leaving_while_registering(make_server, session) -> None:
     resp.close()
     await eventually(lambda: gone == [1000])
     assert server.local.local_count() == 0
+
+
+async def test_a_client_sending_on_its_stream_is_closed(server) -> None:
+    """An event stream reads nothing: a client that keeps sending on it is closed
+    (4500) instead of being read for free."""
+    port = int(http_url(server).rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /sse?token=chatty HTTP/1.1\r\nHost: x\r\n\r\n")
+    await reader.readuntil(b"event: session")
+    await eventually(lambda: server.local.local_count() == 1)
+    try:
+        for _ in range(20):
+            writer.write(b"x" * 8192)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    rest = b""
+    try:  # the server hangs up on unread bytes: the close event, then maybe a reset
+        while chunk := await asyncio.wait_for(reader.read(65536), 5):
+            rest += chunk
+    except ConnectionError:
+        pass
+    assert b"event: close" in rest and b'"code":4500' in rest
+    await eventually(lambda: server.local.local_count() == 0)
+    writer.close()

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("im.http")
 
+#: Bytes a client may send on its event stream before it is closed (4500).
+MAX_STREAM_JUNK = 64 << 10
+
 _HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
     b"X-Accel-Buffering: no\r\nConnection: close\r\n\r\n"
@@ -92,6 +95,7 @@ class SseProtocol(asyncio.Protocol):
         self.session = ""
         self._lost = False
         self._ended = False
+        self._junk = 0  # bytes the client sent on the stream
         # Resolved once the core registered the connection (None: it could not).
         self.attached: asyncio.Future[Connection | None] = edge.server.loop.create_future()
         # One POSTed message at a time reaches the core, as a socket's would.
@@ -141,7 +145,15 @@ class SseProtocol(asyncio.Protocol):
         self.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     def data_received(self, data: bytes) -> None:
-        pass
+        # A client sends nothing on its stream (it POSTs): what comes is dropped, and
+        # one that keeps sending is closed rather than read for free forever.
+        self._junk += len(data)
+        if self._junk > MAX_STREAM_JUNK and not self._ended:
+            conn = self.attached.result() if self.attached.done() else None
+            if conn is not None and not conn.closed:
+                conn.close(CloseCode.BAD_FRAME, "data on an event stream (POST it)")
+            else:
+                self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True

@@ -38,10 +38,22 @@ def require_broker(broker: str) -> None:
         pytest.skip(reason)
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free right now and not handed out before in this run.
+
+    It can still be taken before its user binds it (another process, or an
+    outgoing connection's ephemeral port); ``NodeProcess`` retries for that.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def new_prefix() -> str:
@@ -167,9 +179,13 @@ class NodeProcess:
     """An ``im-run`` node in its own process."""
 
     def __init__(self, args: list[str]) -> None:
+        self.args = args
+        self._spawn()
+
+    def _spawn(self) -> None:
         self.port = free_port()
         cmd = [sys.executable, "-m", "im_core.cli", "--host", "127.0.0.1"]
-        cmd += ["--http-port", str(self.port), "--rpc-port", str(free_port()), *args]
+        cmd += ["--http-port", str(self.port), "--rpc-port", str(free_port()), *self.args]
         env = {**os.environ, "IM_DISABLE_PLUGIN_AUTOLOAD": "1"}
         self.proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
 
@@ -179,10 +195,17 @@ class NodeProcess:
 
     async def ready(self) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + 15
+        respawns = 3
         async with aiohttp.ClientSession() as session:
             while True:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(self.proc.stderr.read().decode())  # type: ignore[union-attr]
+                    err = self.proc.stderr.read().decode()  # type: ignore[union-attr]
+                    # A port picked free was taken before the node bound it.
+                    if "address already in use" in err and respawns:
+                        respawns -= 1
+                        self._spawn()
+                        continue
+                    raise RuntimeError(err)
                 try:
                     async with session.get(f"http://127.0.0.1:{self.port}/ping") as resp:
                         return dict(await resp.json())

@@ -10,6 +10,10 @@ Rules (docs/protocol.md, "Ack flow"):
   seconds for the user to return (then expires with ``reason="offline"``); when the
   user reconnects, every unacked entry with a try left is re-delivered at once, in
   order (``max_tries`` is a hard limit: a reconnect after the last try sends nothing);
+- a push kept for an offline user (``store``, docs/protocol.md "Offline inbox") is
+  *parked*: it uses no try and is not re-sent until the user connects; it expires
+  ``ttl`` seconds after it was kept (``reason="offline"``); when the user connects it
+  is sent at once and then follows the rules above;
 - in a cluster the entries follow the user: the node the user reconnects to takes
   them over (``take`` on the old node, ``adopt`` on the new one) with their sid,
   order and try count; the old node forgets them without an outcome.
@@ -63,7 +67,7 @@ class AckOutcome:
 
 
 class Unacked:
-    __slots__ = ("done", "due", "offline_since", "payload", "sid", "tries", "user_id")
+    __slots__ = ("done", "due", "offline_since", "parked", "payload", "sid", "tries", "user_id")
 
     def __init__(self, user_id: str, sid: int, payload: bytes, due: float) -> None:
         self.user_id = user_id
@@ -73,6 +77,7 @@ class Unacked:
         self.due = due
         self.offline_since: float | None = None
         self.done = False
+        self.parked = False  # kept for an offline user: ``due`` is its expiry
 
 
 class AckTracker:
@@ -96,6 +101,9 @@ class AckTracker:
         self._on_expired = on_expired
         self._by_user: dict[str, dict[int, Unacked]] = {}
         self._due: deque[Unacked] = deque()
+        # Parked entries by expiry: apart from ``_due`` so that thousands kept for
+        # offline users cost nothing per interval (one ttl for all keeps it sorted).
+        self._parked: deque[Unacked] = deque()
 
     def __len__(self) -> int:
         return sum(len(d) for d in self._by_user.values())
@@ -107,6 +115,25 @@ class AckTracker:
         self._by_user.setdefault(user_id, {})[sid] = entry
         self._due.append(entry)
         return entry
+
+    def park(self, user_id: str, sid: int, payload: bytes, ttl: float) -> Unacked | None:
+        """Keep a message for ``user_id``, who is offline, for ``ttl`` seconds (no try
+        used). None if the sid is already tracked for them."""
+        entries = self._by_user.setdefault(user_id, {})
+        if sid in entries:
+            return None
+        entry = Unacked(user_id, sid, payload, self._clock() + ttl)
+        entry.parked = True
+        entries[sid] = entry
+        self._parked.append(entry)
+        return entry
+
+    def inbox(self, user_id: str) -> tuple[int, int]:
+        """How many entries ``user_id`` has, and their bytes."""
+        entries = self._by_user.get(user_id)
+        if not entries:
+            return 0, 0
+        return len(entries), sum(len(e.payload) for e in entries.values())
 
     def ack(self, user_id: str, sid: int) -> bool:
         """A receipt from ``user_id``; False if the sid is unknown or not theirs."""
@@ -158,10 +185,19 @@ class AckTracker:
         if send(entry):
             entry.tries += 1
             entry.offline_since = None
+            if entry.parked:  # from now on re-sent and expired like any other
+                entry.parked = False
+                entry.due = self._clock() + self.interval
+                self._due.append(entry)
 
     def tick(self) -> None:
         """Re-send or expire every entry whose interval has passed."""
         now = self._clock()
+        parked = self._parked
+        while parked and (parked[0].due <= now or not parked[0].parked or parked[0].done):
+            entry = parked.popleft()
+            if entry.parked and not entry.done:
+                self._expire(entry, "offline")
         due = self._due
         while due and due[0].due <= now:
             entry = due.popleft()

@@ -17,6 +17,7 @@ needs neither.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from typing import Literal, Protocol
 
 import attrs
@@ -82,6 +83,17 @@ class LocalNode(Protocol):
         """An outcome of a push this node allocated the sid of (fires ``im_ack_outcome``)."""
         ...
 
+    def keep(self, user_id: str, sid: int, payload: bytes, ttl: float) -> bool:
+        """Keep a message for ``user_id`` in this node's memory (the memory broker's
+        inbox): sent when the user connects here, expired after ``ttl``. False when
+        the user's inbox is full."""
+        ...
+
+    def expired(self, entry: Unacked, reason: str) -> None:
+        """A kept entry no node tracks ran out (a broker's sweep): fire
+        ``im_ack_expired`` here and report the outcome to the sid's origin."""
+        ...
+
 
 class Broker(abc.ABC):
     """Routes pushes and keeps cluster-wide state. Every method may raise
@@ -127,6 +139,32 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def retag(self, user_id: str, add: tuple[str, ...], remove: tuple[str, ...]) -> bool: ...
+
+    # --- the offline inbox and durable unacked entries (docs/protocol.md) ---------------
+
+    #: Whether ``keep`` writes to a store that outlives this node (cluster brokers).
+    #: Then every push with a sid is kept for its targets *before* it is delivered,
+    #: the node a user connects to reads their entries with ``kept``, and acks and
+    #: expiries ``forget`` them.
+    durable: bool = False
+
+    async def keep(
+        self, push: Push, users: Sequence[str], ttl: float, bounded: bool
+    ) -> list[str]:
+        """Keep ``push`` (it has a sid) for each of ``users`` until it is acked or
+        expires ``ttl`` seconds from now; return the users it was kept for. A
+        ``bounded`` keep skips users whose inbox is full (``--inbox-max-*``).
+        Called for the offline users of a ``store`` push and, on a durable broker,
+        for every target of a push with a sid."""
+        return []
+
+    def forget(self, user_id: str, sid: int) -> None:  # noqa: B027 (optional, no-op)
+        """A kept entry was acked or expired: drop it. Must not block."""
+
+    async def kept(self, user_id: str) -> list[Unacked]:
+        """The user's kept entries, oldest first, with their try counts (durable
+        brokers; read when the user connects)."""
+        return []
 
     def report(self, node_id: int, outcome: AckOutcome) -> bool:
         """Carry ``outcome`` to node ``node_id`` (the sid's origin, not this node).

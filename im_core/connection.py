@@ -67,6 +67,7 @@ class Connection:
         "conn_id",
         "connected_at",
         "fmt",
+        "holding",
         "last_seen",
         "limit_bytes",
         "limit_frames",
@@ -111,6 +112,9 @@ class Connection:
         self._outbox = outbox
         self._on_close = on_close
         self._pending: list[bytes] = []
+        # While set up (``hold``), frames queue but are not written: what the user
+        # missed goes out first (``release``).
+        self.holding = False
         self._stuck = 0
         self._buffered = 0  # the transport's unsent bytes when this round of frames began
 
@@ -139,10 +143,26 @@ class Connection:
         ):
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
             return False
-        if not pending:
+        if not pending and not self.holding:
             self._outbox.mark(self)
         pending.append(frame)
         return True
+
+    def hold(self) -> None:
+        """Queue frames without writing them until ``release``."""
+        self.holding = True
+
+    def release(self, first: list[bytes]) -> None:
+        """Write ``first``, then every frame queued while holding."""
+        self.holding = False
+        if self.closed:
+            return
+        if first:
+            if not self._pending:
+                self._buffered = self._transport.get_write_buffer_size()
+            self._pending[:0] = first
+        if self._pending:
+            self._outbox.mark(self)
 
     def flush(self) -> None:
         """Write every queued frame in one call (called by the outbox)."""

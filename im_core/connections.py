@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
+from .ack import Unacked
 from .broker import Presence
 from .codec import BadFrame
 from .connection import Closer, Connection, Format, Writer
@@ -117,23 +118,44 @@ class Connections:
             limit_bytes=opts.client_buffer_bytes,
             remote=remote,
         )
+        conn.hold()  # pushes from now on wait behind what the user missed
         old = server.buckets.add(conn)
         if old is not None:
             old.close(CloseCode.REPLACED, "replaced by a new login")
         server.tags.add(conn, identity.tags, time.time())
-        assert server.broker is not None
-        # Taken before the broker runs: entries another node hands over while we
-        # register are re-sent as they are adopted, not twice.
-        pending = server.acks.pending(conn.user_id)
+        broker = server.broker
+        assert broker is not None
         try:
-            await server.broker.connected(presence_of(conn, server.node_id))
+            await broker.connected(presence_of(conn, server.node_id))
+            kept = await broker.kept(conn.user_id) if broker.durable else []
             await server.hooks.connected(server, conn)
         except Exception:
             conn.close(CloseCode.INTERNAL_ERROR, "server error while connecting")
             raise
-        for entry in pending:
-            server.acks.redeliver(entry, lambda e: conn.send(fmt.build(e.sid, e.payload)))
+        self._catch_up(conn, kept)
         return conn
+
+    def _catch_up(self, conn: Connection, kept: list[Unacked]) -> None:
+        """Send the user's unacked and kept messages, oldest first, then release
+        what was pushed meanwhile: the entries this node tracks (its own, handed
+        over by another node, parked in its inbox) and those a durable broker kept."""
+        acks = self._server.acks
+        user, fmt = conn.user_id, conn.fmt
+        for entry in kept:
+            acks.adopt(user, entry.sid, entry.payload, entry.tries)  # None: tracked here
+        pending = acks.pending(user)
+        if kept:  # the broker's order is the order they were pushed in
+            rank = {entry.sid: i for i, entry in enumerate(kept)}
+            pending.sort(key=lambda entry: rank.get(entry.sid, len(rank)))
+        first: list[bytes] = []
+
+        def send(entry: Unacked) -> bool:
+            first.append(fmt.build(entry.sid, entry.payload))
+            return True
+
+        for entry in pending:
+            acks.redeliver(entry, send)
+        conn.release(first)
 
     def _detach(
         self, conn: Connection, code: int, reason: str, received: Awaitable[Any] | None

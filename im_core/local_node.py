@@ -110,10 +110,30 @@ class Node:
         conn = server.buckets.get(user_id)
         for handed in entries:
             entry = server.acks.adopt(user_id, handed.sid, handed.payload, handed.tries)
-            if entry is not None and conn is not None:
+            # A connection still being set up sends every adopted entry in order
+            # once it is (``Connections.attach``).
+            if entry is not None and conn is not None and not conn.holding:
                 server.acks.redeliver(entry, lambda e: conn.send(conn.fmt.build(e.sid, e.payload)))
 
     def ack_outcome(self, outcome: AckOutcome) -> None:
         server = self._server
         server.outcomes.publish(outcome)
         server.spawn(server.hooks.ack_outcome(server, outcome))
+
+    def keep(self, user_id: str, sid: int, payload: bytes, ttl: float) -> bool:
+        server = self._server
+        opts = server.options
+        count, size = server.acks.inbox(user_id)
+        if count >= opts.inbox_max_messages or size + len(payload) > opts.inbox_max_bytes:
+            return False
+        conn = server.buckets.get(user_id)
+        if conn is None:
+            return server.acks.park(user_id, sid, payload, ttl) is not None
+        # Connected since the push found them offline: send it now, as an unacked entry.
+        entry = server.acks.adopt(user_id, sid, payload, 0)
+        if entry is not None:
+            server.acks.redeliver(entry, lambda e: conn.send(conn.fmt.build(e.sid, e.payload)))
+        return True
+
+    def expired(self, entry: Unacked, reason: str) -> None:
+        self._server.ack_expired(entry, reason)

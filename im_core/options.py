@@ -127,6 +127,22 @@ class Options:
         60.0, "seconds unacked messages wait for an offline user to return",
         converter=float, validator=positive,
     )
+    # The offline inbox (docs/protocol.md, "Offline inbox").
+    store: bool = option(
+        False, "keep pushes to offline users unless a push says store=false",
+        converter=to_bool,
+    )
+    inbox_ttl: float = option(
+        86400.0, "seconds a kept push waits for its offline user", converter=float,
+        validator=positive,
+    )
+    inbox_max_messages: int = option(
+        100, "messages kept (and unacked) per user; pushes beyond are not kept",
+        converter=int, validator=positive,
+    )
+    inbox_max_bytes: int = option(
+        1 << 20, "payload bytes kept (and unacked) per user", converter=int, validator=positive,
+    )
     tag_cleanup_interval: float = option(
         20.0, "seconds between sweeps of empty tag groups", converter=float, validator=positive
     )

@@ -42,10 +42,12 @@ class ConfigError(Exception):
 
 @attrs.frozen
 class PushResult:
-    """Outcome of a push to users: its sid (0 without ack) and who was not reached."""
+    """Outcome of a push to users: its sid (0 without ack or store), who was not
+    reached, and who was offline and had it kept (``store``)."""
 
     sid: int
     missing: tuple[str, ...] = ()
+    stored: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -138,7 +140,7 @@ class Server:
             clock=loop.time,
             resend=self._resend,
             on_acked=self._acked,
-            on_expired=self._ack_expired,
+            on_expired=self.ack_expired,
         )
         stack.callback(self._cancel_timers)
         self._timers = self.buckets.schedule_sweeps(
@@ -240,10 +242,15 @@ class Server:
         return conn is not None and conn.send(conn.fmt.build(entry.sid, entry.payload))
 
     def _acked(self, entry: Unacked) -> None:
+        if self.broker is not None:
+            self.broker.forget(entry.user_id, entry.sid)
         self.spawn(self.hooks.acked(self, entry.user_id, entry.sid))
         self._report(AckOutcome("acked", entry.user_id, entry.sid, entry.tries))
 
-    def _ack_expired(self, entry: Unacked, reason: str) -> None:
+    def ack_expired(self, entry: Unacked, reason: str) -> None:
+        """An unacked entry ran out: fire ``im_ack_expired`` and report the outcome."""
+        if self.broker is not None:
+            self.broker.forget(entry.user_id, entry.sid)
         self.spawn(
             self.hooks.ack_expired(
                 self, entry.user_id, entry.sid, entry.payload, entry.tries, reason
@@ -271,23 +278,62 @@ class Server:
             )
 
     async def push(
-        self, users: str | Sequence[str], payload: bytes, *, ack: bool = False
+        self,
+        users: str | Sequence[str],
+        payload: bytes,
+        *,
+        ack: bool = False,
+        store: bool | None = None,
     ) -> PushResult:
-        """Push to one or more users; ``missing`` lists those not reached."""
+        """Push to one or more users; ``missing`` lists those not reached, ``stored``
+        those offline for whom it was kept (``store``; ``None``: ``--store``)."""
         self._check(payload)
         if isinstance(users, str):
             users = (users,)
         users = tuple(dict.fromkeys(u for u in users if u))
         if not users:
             raise InvalidArgument("users: at least one user id is required")
-        sid = self.sids.next() if ack else 0
-        assert self.broker is not None
-        missing = await self.broker.publish(Push("users", bytes(payload), users=users, sid=sid))
-        return PushResult(sid, tuple(missing))
+        if store is None:
+            store = self.options.store
+        # A kept message leaves the inbox when it is acked: it has a sid.
+        sid = self.sids.next() if ack or store else 0
+        broker = self.broker
+        assert broker is not None
+        push = Push("users", bytes(payload), users=users, sid=sid)
+        if not sid:
+            return PushResult(0, tuple(await broker.publish(push)))
+        opts = self.options
+        ttl = opts.inbox_ttl if store else self._unacked_ttl()
+        if not broker.durable:
+            missing = await broker.publish(push)
+            stored = await broker.keep(push, missing, ttl, True) if store and missing else []
+        else:
+            # Kept before it is delivered: from the answer on, the death of the node
+            # that delivers it loses nothing (docs/cluster.md, "Durable acks").
+            kept = set(await broker.keep(push, users, ttl, store))
+            missing = await broker.publish(push)
+            stored = [u for u in missing if u in kept] if store else []
+            for user in missing:
+                if user in kept and not store:
+                    broker.forget(user, sid)
+        if stored:
+            kept_for = set(stored)
+            missing = [u for u in missing if u not in kept_for]
+        return PushResult(sid, tuple(missing), tuple(stored))
 
-    async def push_one(self, user: str, payload: bytes, *, ack: bool = False) -> int:
-        """Push to one user; raise ``NotFound`` when they are not online. Returns the sid."""
-        result = await self.push(user, payload, ack=ack)
+    def _unacked_ttl(self) -> float:
+        """How long a durable broker keeps an acked push that was delivered: past
+        every try and the wait for an offline user (the tracking node expires it
+        first; the broker's copy is what survives that node)."""
+        opts = self.options
+        return (opts.ack_max_tries + 2) * opts.ack_interval + opts.ack_keep_offline
+
+    async def push_one(
+        self, user: str, payload: bytes, *, ack: bool = False, store: bool | None = None
+    ) -> int:
+        """Push to one user; raise ``NotFound`` when they are not online and it was
+        not kept for them. Returns the sid."""
+        result = await self.push(user, payload, ack=ack, store=store)
         if result.missing:
             raise NotFound(f"user {user!r} is not online")
         return result.sid

@@ -47,10 +47,17 @@ class ServerAPI(Protocol):
 
     # --- the push API (docs/api.md mirrors it)
     async def push(
-        self, users: str | Sequence[str], payload: bytes, *, ack: bool = False
+        self,
+        users: str | Sequence[str],
+        payload: bytes,
+        *,
+        ack: bool = False,
+        store: bool | None = None,
     ) -> PushResult: ...
 
-    async def push_one(self, user: str, payload: bytes, *, ack: bool = False) -> int: ...
+    async def push_one(
+        self, user: str, payload: bytes, *, ack: bool = False, store: bool | None = None
+    ) -> int: ...
 
     def broadcast(self, payload: bytes, *, ack: bool = False) -> Queued: ...
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from im_core import hookimpl
@@ -28,6 +29,13 @@ class MemoryBroker(Broker):
 
     async def publish(self, push: Push) -> list[str]:
         return self.node.deliver(push)
+
+    async def keep(
+        self, push: Push, users: Sequence[str], ttl: float, bounded: bool
+    ) -> list[str]:
+        # The node's own ack tracker is the inbox: one process, nothing to share.
+        keep = self.node.keep
+        return [u for u in users if keep(u, push.sid, push.payload, ttl)]
 
     async def connected(self, presence: Presence) -> None:
         pass  # the node's own registry already replaced any older login

@@ -79,7 +79,7 @@ async def test_push_user(server, api, connect) -> None:
     alice, bob = await connect(server, "alice"), await connect(server, "bob")
     await online(server, alice, bob)
     reply = await api(server).call("PushUser", user="alice", data=b"\x00hello")
-    assert reply == {"sid": 0, "missing": []}
+    assert reply == {"sid": 0, "missing": [], "stored": []}
     msg = await alice.receive()
     assert (msg.sid, msg.data) == (0, b"\x00hello")
     assert await nothing(bob)

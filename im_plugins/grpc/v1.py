@@ -45,13 +45,15 @@ class ImServicer(im_v1_pb2_grpc.ImServicer):
                     seq += 1
                     try:
                         check(request)
-                        sid, missing = await push(request)
+                        r = await push(request)
                     except ImError as exc:
                         error = pb.Error(code=exc.code, message=str(exc))
                         yield pb.StreamResult(seq=seq, error=error)
                         continue
-                    if sid or missing:  # no news, no reply: the fast path writes nothing
-                        yield pb.StreamResult(seq=seq, sid=sid, missing=missing)
+                    if r.sid or r.missing:  # no news, no reply: the fast path writes nothing
+                        yield pb.StreamResult(
+                            seq=seq, sid=r.sid, missing=r.missing, stored=r.stored
+                        )
         except Exception as exc:
             await abort(context, exc)
 

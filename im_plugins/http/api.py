@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from im_core.errors import Busy, ImError, InvalidArgument, PayloadTooLarge, Unauthenticated
-from im_core.server import Server
+from im_core.server import PushResult, Server
 from im_plugins.api_key import key_matches
 from im_plugins.limits import request_limit
 from im_plugins.pb import im_v1_pb2 as pb
@@ -45,7 +45,7 @@ API_SERVER = web.AppKey("api_server", Server)
 API_METHODS = web.AppKey("api_methods", ImMethods)
 API_KEY = web.AppKey("api_key", bytes)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Push = Callable[[pb.StreamPush], Awaitable[tuple[int, Sequence[str]]]]
+Push = Callable[[pb.StreamPush], Awaitable[PushResult]]
 SERVICE = pb.DESCRIPTOR.services_by_name["Im"]
 
 
@@ -189,11 +189,11 @@ async def push_stream(request: web.Request) -> web.StreamResponse:
 async def _push_line(push: Push, line: bytes, seq: int) -> dict[str, Any] | None:
     """Push one line; its result, or None when there is no news."""
     try:
-        sid, missing = await push(parse(line, pb.StreamPush, f"line {seq + 1}"))
+        r = await push(parse(line, pb.StreamPush, f"line {seq + 1}"))
     except ImError as exc:
         return {"seq": seq, "error": {"code": exc.code, "message": str(exc)}}
-    if sid or missing:
-        return {"seq": seq, "sid": sid, "missing": list(missing)}
+    if r.sid or r.missing:
+        return {"seq": seq, "sid": r.sid, "missing": list(r.missing), "stored": list(r.stored)}
     return None
 
 

@@ -37,32 +37,38 @@ class PingReply(_message.Message):
     def __init__(self, node_id: _Optional[int] = ...) -> None: ...
 
 class PushUserRequest(_message.Message):
-    __slots__ = ("user", "data", "ack")
+    __slots__ = ("user", "data", "ack", "store")
     USER_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
+    STORE_FIELD_NUMBER: _ClassVar[int]
     user: str
     data: bytes
     ack: bool
-    def __init__(self, user: _Optional[str] = ..., data: _Optional[bytes] = ..., ack: _Optional[bool] = ...) -> None: ...
+    store: bool
+    def __init__(self, user: _Optional[str] = ..., data: _Optional[bytes] = ..., ack: _Optional[bool] = ..., store: _Optional[bool] = ...) -> None: ...
 
 class PushUsersRequest(_message.Message):
-    __slots__ = ("users", "data", "ack")
+    __slots__ = ("users", "data", "ack", "store")
     USERS_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
+    STORE_FIELD_NUMBER: _ClassVar[int]
     users: _containers.RepeatedScalarFieldContainer[str]
     data: bytes
     ack: bool
-    def __init__(self, users: _Optional[_Iterable[str]] = ..., data: _Optional[bytes] = ..., ack: _Optional[bool] = ...) -> None: ...
+    store: bool
+    def __init__(self, users: _Optional[_Iterable[str]] = ..., data: _Optional[bytes] = ..., ack: _Optional[bool] = ..., store: _Optional[bool] = ...) -> None: ...
 
 class PushReply(_message.Message):
-    __slots__ = ("sid", "missing")
+    __slots__ = ("sid", "missing", "stored")
     SID_FIELD_NUMBER: _ClassVar[int]
     MISSING_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
     sid: int
     missing: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, sid: _Optional[int] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...
+    stored: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sid: _Optional[int] = ..., missing: _Optional[_Iterable[str]] = ..., stored: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PushTagsRequest(_message.Message):
     __slots__ = ("tags", "match", "data", "ack")
@@ -112,20 +118,22 @@ class PushBatch(_message.Message):
     def __init__(self, pushes: _Optional[_Iterable[_Union[StreamPush, _Mapping]]] = ...) -> None: ...
 
 class StreamPush(_message.Message):
-    __slots__ = ("users", "tags", "all", "match", "data", "ack")
+    __slots__ = ("users", "tags", "all", "match", "data", "ack", "store")
     USERS_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
     ALL_FIELD_NUMBER: _ClassVar[int]
     MATCH_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
+    STORE_FIELD_NUMBER: _ClassVar[int]
     users: _containers.RepeatedScalarFieldContainer[str]
     tags: _containers.RepeatedScalarFieldContainer[str]
     all: bool
     match: Match
     data: bytes
     ack: bool
-    def __init__(self, users: _Optional[_Iterable[str]] = ..., tags: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ..., match: _Optional[_Union[Match, str]] = ..., data: _Optional[bytes] = ..., ack: _Optional[bool] = ...) -> None: ...
+    store: bool
+    def __init__(self, users: _Optional[_Iterable[str]] = ..., tags: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ..., match: _Optional[_Union[Match, str]] = ..., data: _Optional[bytes] = ..., ack: _Optional[bool] = ..., store: _Optional[bool] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")
@@ -136,16 +144,18 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class StreamResult(_message.Message):
-    __slots__ = ("seq", "sid", "missing", "error")
+    __slots__ = ("seq", "sid", "missing", "error", "stored")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SID_FIELD_NUMBER: _ClassVar[int]
     MISSING_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
     seq: int
     sid: int
     missing: _containers.RepeatedScalarFieldContainer[str]
     error: Error
-    def __init__(self, seq: _Optional[int] = ..., sid: _Optional[int] = ..., missing: _Optional[_Iterable[str]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    stored: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, seq: _Optional[int] = ..., sid: _Optional[int] = ..., missing: _Optional[_Iterable[str]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., stored: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class KickRequest(_message.Message):
     __slots__ = ("user", "reason")

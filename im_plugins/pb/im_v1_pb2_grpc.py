@@ -112,14 +112,16 @@ class ImServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PushUser(self, request, context):
-        """Push to one user; NOT_FOUND when they are not online. sid != 0 when ack was asked.
+        """Push to one user; NOT_FOUND when they are not online and it was not kept for them
+        (`store`). sid != 0 when ack or store was asked.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PushUsers(self, request, context):
-        """Push the same bytes to several users; `missing` lists those not reached.
+        """Push the same bytes to several users; `missing` lists those not reached, `stored`
+        those offline for whom it was kept.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

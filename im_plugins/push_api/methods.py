@@ -8,7 +8,6 @@ gRPC ``PushStream`` and HTTP ``push_stream`` alike.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -22,7 +21,14 @@ from .rules import match
 if TYPE_CHECKING:
     from im_core.server import Server
 
+from im_core.server import PushResult
+
 OUTCOME = {"acked": pb.ACKED, "expired": pb.EXPIRED}
+
+
+def store(request: pb.PushUserRequest | pb.PushUsersRequest | pb.StreamPush) -> bool | None:
+    """The request's ``store`` flag; None (the server's ``--store``) when unset."""
+    return request.store if request.HasField("store") else None
 
 
 #: ``node_id`` of an offline user: node ids start at 0, so 0 would name a real node.
@@ -39,13 +45,18 @@ class ImMethods:
         return pb.PingReply(node_id=self.server.node_id)
 
     async def PushUser(self, request: pb.PushUserRequest) -> pb.PushReply:
-        return pb.PushReply(
-            sid=await self.server.push_one(request.user, request.data, ack=request.ack)
+        result = await self.server.push(
+            request.user, request.data, ack=request.ack, store=store(request)
         )
+        if result.missing:
+            raise NotFound(f"user {request.user!r} is not online")
+        return pb.PushReply(sid=result.sid, stored=result.stored)
 
     async def PushUsers(self, request: pb.PushUsersRequest) -> pb.PushReply:
-        result = await self.server.push(request.users, request.data, ack=request.ack)
-        return pb.PushReply(sid=result.sid, missing=result.missing)
+        result = await self.server.push(
+            request.users, request.data, ack=request.ack, store=store(request)
+        )
+        return pb.PushReply(sid=result.sid, missing=result.missing, stored=result.stored)
 
     async def PushTags(self, request: pb.PushTagsRequest) -> pb.QueuedReply:
         queued = self.server.push_tags(
@@ -60,16 +71,17 @@ class ImMethods:
         queued = self.server.broadcast(request.data, ack=request.ack)
         return pb.QueuedReply(sid=queued.sid, queue_length=queued.queue_length)
 
-    async def push(self, request: pb.StreamPush) -> tuple[int, Sequence[str]]:
-        """One push of a stream to its target; its sid and the users not reached."""
+    async def push(self, request: pb.StreamPush) -> PushResult:
+        """One push of a stream to its target: its sid, the users not reached and
+        those it was kept for."""
         server, data, ack = self.server, request.data, request.ack
         if request.users:
-            result = await server.push(request.users, data, ack=ack)
-            return result.sid, result.missing
+            return await server.push(request.users, data, ack=ack, store=store(request))
         if request.tags:
-            return server.push_tags(request.tags, data, match=match(request.match), ack=ack).sid, ()
+            queued = server.push_tags(request.tags, data, match=match(request.match), ack=ack)
+            return PushResult(queued.sid)
         if request.all:
-            return server.broadcast(data, ack=ack).sid, ()
+            return PushResult(server.broadcast(data, ack=ack).sid)
         raise InvalidArgument("target: one of users, tags or all is required")
 
     async def Kick(self, request: pb.KickRequest) -> pb.KickReply:

@@ -67,7 +67,9 @@ class AckOutcome:
 
 
 class Unacked:
-    __slots__ = ("done", "due", "offline_since", "parked", "payload", "sid", "tries", "user_id")
+    __slots__ = (
+        "done", "due", "offline_since", "parked", "payload", "queued", "sid", "tries", "user_id"
+    )  # fmt: skip
 
     def __init__(self, user_id: str, sid: int, payload: bytes, due: float) -> None:
         self.user_id = user_id
@@ -78,6 +80,9 @@ class Unacked:
         self.offline_since: float | None = None
         self.done = False
         self.parked = False  # kept for an offline user: ``due`` is its expiry
+        # Sent to a connection still being set up: already in its queue, so the
+        # catch-up after the setup must not send it again.
+        self.queued = False
 
 
 class AckTracker:
@@ -146,6 +151,10 @@ class AckTracker:
         entry.done = True
         self._on_acked(entry)
         return True
+
+    def tracks(self, user_id: str, sid: int) -> bool:
+        entries = self._by_user.get(user_id)
+        return entries is not None and sid in entries
 
     def pending(self, user_id: str) -> list[Unacked]:
         """Unacked entries of ``user_id`` in the order they were first sent."""

@@ -131,6 +131,8 @@ class Connections:
             await server.hooks.connected(server, conn)
         except Exception:
             conn.close(CloseCode.INTERNAL_ERROR, "server error while connecting")
+            for entry in server.acks.pending(conn.user_id):
+                entry.queued = False  # that queue is gone: the next connection catches up
             raise
         self._catch_up(conn, kept)
         return conn
@@ -154,6 +156,9 @@ class Connections:
             return True
 
         for entry in pending:
+            if entry.queued:  # pushed during the setup: it waits in the queue already
+                entry.queued = False
+                continue
             acks.redeliver(entry, send)
         conn.release(first)
 

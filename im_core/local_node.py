@@ -29,6 +29,7 @@ class Node:
         cache: dict[Format, bytes] = {}
         sid, payload = push.sid, push.payload
         track = server.acks.track if sid else None
+        tracks = server.acks.tracks
         if push.kind == "users":
             missing = []
             get = server.buckets.get
@@ -37,13 +38,15 @@ class Node:
                 if conn is None:
                     missing.append(user)
                     continue
+                if track is not None and tracks(user, sid):
+                    continue  # read from the broker's copy on connect: sent already
                 frame = cache.get(conn.fmt)
                 if frame is None:
                     frame = cache[conn.fmt] = conn.fmt.build(sid, payload)
                 if not conn.send(frame):
                     missing.append(user)
                 elif track is not None:
-                    track(user, sid, payload)
+                    track(user, sid, payload).queued = conn.holding
             return missing
         if push.kind == "all":
             conns: Iterable[Connection] = list(server.buckets)
@@ -57,8 +60,10 @@ class Node:
             if conn.fmt is not fmt:  # connections mostly share one format: skip the lookup
                 fmt = conn.fmt
                 frame = cache.get(fmt) or cache.setdefault(fmt, fmt.build(sid, payload))
+            if track is not None and tracks(conn.user_id, sid):
+                continue
             if conn.send(frame) and track is not None:
-                track(conn.user_id, sid, payload)
+                track(conn.user_id, sid, payload).queued = conn.holding
         return []
 
     def local_presence(self, user_id: str) -> Presence | None:

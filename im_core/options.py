@@ -195,6 +195,12 @@ class Options:
         plugin.update(given.get("plugin", {}))
         return cls(**{k: v for k, v in given.items() if k in own and k != "plugin"}, plugin=plugin)
 
+    def unacked_ttl(self) -> float:
+        """How long an acked push may still be tracked after it was sent: every try
+        and the wait for an offline user, plus two intervals of slack. A durable
+        broker keeps its copy that long (the tracking node ends it first)."""
+        return (self.ack_max_tries + 2) * self.ack_interval + self.ack_keep_offline
+
     def of(self, cls: type[T]) -> T:
         """A plugin's options class filled from ``plugin`` (defaults for the rest)."""
         found = self._typed.get(cls)

@@ -239,7 +239,10 @@ class Server:
 
     def _resend(self, entry: Unacked) -> bool:
         conn = self.buckets.get(entry.user_id)
-        return conn is not None and conn.send(conn.fmt.build(entry.sid, entry.payload))
+        if conn is None or not conn.send(conn.fmt.build(entry.sid, entry.payload)):
+            return False
+        entry.queued = conn.holding
+        return True
 
     def _acked(self, entry: Unacked) -> None:
         if self.broker is not None:
@@ -303,7 +306,7 @@ class Server:
         if not sid:
             return PushResult(0, tuple(await broker.publish(push)))
         opts = self.options
-        ttl = opts.inbox_ttl if store else self._unacked_ttl()
+        ttl = opts.inbox_ttl if store else opts.unacked_ttl()
         if not broker.durable:
             missing = await broker.publish(push)
             stored = await broker.keep(push, missing, ttl, True) if store and missing else []
@@ -320,13 +323,6 @@ class Server:
             kept_for = set(stored)
             missing = [u for u in missing if u not in kept_for]
         return PushResult(sid, tuple(missing), tuple(stored))
-
-    def _unacked_ttl(self) -> float:
-        """How long a durable broker keeps an acked push that was delivered: past
-        every try and the wait for an offline user (the tracking node expires it
-        first; the broker's copy is what survives that node)."""
-        opts = self.options
-        return (opts.ack_max_tries + 2) * opts.ack_interval + opts.ack_keep_offline
 
     async def push_one(
         self, user: str, payload: bytes, *, ack: bool = False, store: bool | None = None

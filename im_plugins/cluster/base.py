@@ -25,6 +25,13 @@ presence write (the overwritten presence entry and the held markers) and asks ea
 of them to hand the entries over (``Take``, which also closes an older login with
 ``REPLACED``); it adopts them with their sid, order and try count and re-sends them
 at once. The old node forgets them without an outcome. Outcomes: ``outcomes``.
+
+Durable entries and the offline inbox (``inbox``): every push with a sid is kept in
+the broker for each target before it is delivered, a node reads a user's entries
+when the user connects there (after registering, so none is missed), and acks and
+expiries drop them in batches. Every node sweeps entries past their expiry whose
+user is offline (their node died, or they never came back) and reports them
+``expired`` (``offline``).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import abc
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
 from im_core.ack import AckOutcome, Unacked
@@ -43,6 +50,7 @@ from im_core.tags import TagStat
 
 from . import wire
 from .health import Health
+from .inbox import Entry, in_order, now_ms
 from .outcomes import OutcomeSender
 from .peer import Peer
 
@@ -51,6 +59,8 @@ log = logging.getLogger("im.cluster")
 R = TypeVar("R", bound=wire.Reply)
 MAX_OUTGOING = 4096  # queued broadcasts/tag pushes before publish waits for the broker
 FIRST_RETRY, LAST_RETRY = 0.05, 2.0  # backoff of the recovery loop, seconds
+SWEEP_EVERY = 1.0  # seconds between sweeps of expired kept entries
+SWEEP_BATCH = 500  # expired entries claimed per sweep round trip
 
 
 def merge_distribution(parts: Iterable[dict[str, TagStat]]) -> dict[str, TagStat]:
@@ -71,6 +81,7 @@ class ClusterBroker(Broker):
 
     #: exceptions of the client library that mean "the broker cannot be reached"
     errors: tuple[type[BaseException], ...] = (OSError,)
+    durable = True
 
     def __init__(
         self, options: dict[str, Any], node_id: int | None = None, hold_ttl: float = 70.0
@@ -96,6 +107,13 @@ class ClusterBroker(Broker):
         self.dropped = 0  # broadcasts/tag pushes that reached only this node (outage)
         self._outgoing: list[tuple[Push, bytes]] = []
         self._sender: asyncio.Task[None] | None = None
+        self._forgotten: list[tuple[str, int]] = []
+        self._forgetter: asyncio.Task[None] | None = None
+        self.inbox_max_messages = int(options.get("inbox_max_messages") or 100)
+        self.inbox_max_bytes = int(options.get("inbox_max_bytes") or 1 << 20)
+        # A node that reads a user's entries tracks them from then on: their copies
+        # here live at least this long more, so the sweep leaves them to that node.
+        self.unacked_ttl = float(options.get("unacked_ttl") or 300.0)
 
     # --- what a concrete broker provides -------------------------------------------
 
@@ -148,6 +166,25 @@ class ClusterBroker(Broker):
     async def _publish_state(self) -> None:
         """Publish this node's tag memberships and distribution."""
 
+    @abc.abstractmethod
+    async def _keep(self, users: list[str], entry: Entry, bounded: bool) -> list[str]:
+        """Add ``entry`` to each user's kept entries (a ``bounded`` keep skips a user
+        at ``inbox_max_messages`` / ``inbox_max_bytes``); return the users kept for."""
+
+    @abc.abstractmethod
+    async def _forget(self, batch: list[tuple[str, int]]) -> None:
+        """Drop the (user, sid) entries of ``batch``."""
+
+    @abc.abstractmethod
+    async def _kept(self, user: str, horizon: int) -> list[Entry]:
+        """The user's kept entries, any order; none of them expires before
+        ``horizon`` (unix ms) from now on."""
+
+    @abc.abstractmethod
+    async def _sweep(self, now: int, limit: int) -> list[tuple[str, Entry]]:
+        """Claim (remove) up to ``limit`` entries expired at ``now`` (unix ms) whose
+        user is not online; each is claimed by one node only."""
+
     # --- background tasks ------------------------------------------------------------
 
     def healthy(self) -> bool:
@@ -169,9 +206,10 @@ class ClusterBroker(Broker):
                 log.error("%s broker task failed", self.name, exc_info=exc)
 
     async def _cancel_tasks(self) -> None:
-        if self._sender is not None and not self._sender.done():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._sender), self.timeout)
+        for task in (self._sender, self._forgetter):  # what was queued still goes out
+            if task is not None and not task.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(task), self.timeout)
         self._stopping = True  # loops also check it: a cancel can be lost in a timeout
         for _ in range(3):
             if not self._tasks:
@@ -180,6 +218,52 @@ class ClusterBroker(Broker):
                 task.cancel()
             await asyncio.wait(list(self._tasks), timeout=self.timeout)
         log.warning("%s broker: %d tasks did not stop", self.name, len(self._tasks))
+
+    # --- kept entries (durable acks, the offline inbox) ---------------------------------
+
+    async def keep(
+        self, push: Push, users: Sequence[str], ttl: float, bounded: bool
+    ) -> list[str]:
+        if not users:
+            return []
+        now = now_ms()
+        entry = Entry(push.sid, now, now + int(ttl * 1000), 0, push.payload)
+        async with self.health.guard("keep"):
+            return await self._keep(list(users), entry, bounded)
+
+    def forget(self, user_id: str, sid: int) -> None:
+        self._forgotten.append((user_id, sid))
+        if self._forgetter is None or self._forgetter.done():
+            self._forgetter = self.spawn(self._forget_all())
+
+    async def _forget_all(self) -> None:
+        """Drop acked and expired entries, batched: one round trip for all that
+        ended meanwhile. One that cannot be dropped (outage) stays until it
+        expires; a later connect may re-send it (clients are idempotent on sid)."""
+        while self._forgotten and not self._stopping:
+            batch, self._forgotten = self._forgotten, []
+            try:
+                async with self.health.guard("forget"):
+                    await self._forget(batch)
+            except Unavailable as exc:
+                log.debug("%d kept entries not dropped: %s", len(batch), exc)
+
+    async def kept(self, user_id: str) -> list[Unacked]:
+        horizon = now_ms() + int(self.unacked_ttl * 1000)
+        async with self.health.guard("inbox"):
+            entries = await self._kept(user_id, horizon)
+        return [e.unacked(user_id) for e in in_order(entries)]
+
+    async def _sweeper(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(SWEEP_EVERY)
+            try:
+                async with self.health.guard("sweep"):
+                    expired = await self._sweep(now_ms(), SWEEP_BATCH)
+            except Unavailable:
+                continue
+            for user, entry in expired:
+                self.node.expired(entry.unacked(user), "offline")
 
     # --- keeping this node's state in the cluster -------------------------------------
 

@@ -65,6 +65,12 @@ def make_broker(server: Any, name: str, own: type, load: Callable[[], Any]) -> A
         raise ConfigError(f"broker {name}: cannot import {exc.name!r} ({hint})") from exc
     opts = server.options
     settings = {**attrs.asdict(opts.of(ClusterOptions)), **attrs.asdict(opts.of(own))}
+    # The inbox bounds are the core's: the broker enforces them cluster-wide.
+    settings.update(
+        inbox_max_messages=opts.inbox_max_messages,
+        inbox_max_bytes=opts.inbox_max_bytes,
+        unacked_ttl=opts.unacked_ttl(),
+    )
     return broker_class(settings, opts.node_id, hold_ttl(opts))
 
 

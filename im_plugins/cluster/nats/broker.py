@@ -12,6 +12,8 @@ KV buckets (in memory; nodes re-register after a NATS restart):
              entry counts only while the node entry with the same token lives;
 ``P_held``   key base64(user) -> [node ids holding unacked entries of the offline
              user]; the bucket's max age is the hold ttl.
+``P_inbox``  key base64(user) -> the user's kept entries (``inbox.pack_records``),
+             written compare-and-set; on disk, so they outlive a NATS restart.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import logging
 import os
 import random
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
+import attrs
 import nats
 import nats.errors
 import nats.js.errors
@@ -41,6 +45,7 @@ from im_core.tags import TagStat
 
 from .. import wire
 from ..base import ClusterBroker, merge_distribution
+from ..inbox import RECORD, Entry, pack_records, unpack_records
 
 log = logging.getLogger("im.nats")
 MISSING = (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError)
@@ -50,6 +55,14 @@ SEEN = 4096  # remembered tag-push ids (a push to several tags arrives once per 
 
 def user_key(user: str) -> str:
     return "u" + base64.urlsafe_b64encode(user.encode()).decode()
+
+
+def _any_due(value: bytes, now: int) -> bool:
+    return any(e.expires_ms <= now for e in unpack_records(value))
+
+
+def user_of(key: str) -> str:
+    return base64.urlsafe_b64decode(key[1:]).decode()
 
 
 class NatsBroker(ClusterBroker):
@@ -112,6 +125,7 @@ class NatsBroker(ClusterBroker):
             raise ConnectionError(f"nats broker: cannot use {self.url}: {exc!r}") from exc
         self.health.up = True
         self.spawn(self._keep_alive())
+        self.spawn(self._sweeper())
         log.info("nats broker: node %d joined %r at %s", self.node_id, self.prefix, self.url)
         return self.node_id
 
@@ -119,14 +133,17 @@ class NatsBroker(ClusterBroker):
         self.presence_kv = await self._bucket("presence", None)
         self.nodes_kv = await self._bucket("nodes", self.ttl)
         self.held_kv = await self._bucket("held", self.hold_ttl)
+        self.inbox_kv = await self._bucket("inbox", None, StorageType.FILE)
 
-    async def _bucket(self, name: str, ttl: float | None) -> KeyValue:
+    async def _bucket(
+        self, name: str, ttl: float | None, storage: StorageType = StorageType.MEMORY
+    ) -> KeyValue:
         bucket = f"{self.prefix}_{name}"
         try:
             return await self.js.key_value(bucket)
         except nats.js.errors.BucketNotFoundError:
             return await self.js.create_key_value(
-                bucket=bucket, history=1, ttl=ttl, storage=StorageType.MEMORY
+                bucket=bucket, history=1, ttl=ttl, storage=storage
             )
 
     def _node_entry(self) -> bytes:
@@ -427,3 +444,116 @@ class NatsBroker(ClusterBroker):
             {t: TagStat(t, number, created) for t, (number, created) in n["d"].items()}
             for n in nodes
         )
+
+    # --- kept entries ------------------------------------------------------------------
+
+    async def _change(
+        self, user: str, change: Callable[[list[Entry]], list[Entry] | None]
+    ) -> list[Entry]:
+        """Rewrite the user's entries with ``change`` (None: leave them), compare-and-
+        set; an empty list deletes the key. Returns the entries it read."""
+        key = user_key(user)
+        while True:
+            old = await self._get(self.inbox_kv, key)
+            entries = list(unpack_records(old.value)) if old is not None and old.value else []
+            new = change(entries)
+            if new is None or (not new and not entries):
+                return entries
+            try:
+                if not new:
+                    if not await self._delete_if(self.inbox_kv, key, old.revision):
+                        continue
+                elif old is None:
+                    await self.inbox_kv.create(key, pack_records(new))
+                else:
+                    await self.inbox_kv.update(key, pack_records(new), last=old.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+            return entries
+
+    async def _keep(self, users: list[str], entry: Entry, bounded: bool) -> list[str]:
+        self._check()
+        limit = self.nc.max_payload - 1024  # one value holds all of a user's entries
+        kept: set[str] = set()
+
+        def add(user: str) -> Callable[[list[Entry]], list[Entry] | None]:
+            def change(entries: list[Entry]) -> list[Entry] | None:
+                if any(e.sid == entry.sid for e in entries):
+                    kept.add(user)
+                    return None
+                size = sum(RECORD.size + len(e.payload) for e in entries)
+                size += RECORD.size + len(entry.payload)
+                payload = size - RECORD.size * (len(entries) + 1)
+                full = bounded and (
+                    len(entries) >= self.inbox_max_messages or payload > self.inbox_max_bytes
+                )
+                if full or size > limit:
+                    return None
+                kept.add(user)
+                return [*entries, entry]
+
+            return change
+
+        await asyncio.gather(*(self._change(u, add(u)) for u in users))
+        return [u for u in users if u in kept]
+
+    async def _forget(self, batch: list[tuple[str, int]]) -> None:
+        self._check()
+        by_user: dict[str, set[int]] = {}
+        for user, sid in batch:
+            by_user.setdefault(user, set()).add(sid)
+
+        def drop(sids: set[int]) -> Callable[[list[Entry]], list[Entry] | None]:
+            def change(entries: list[Entry]) -> list[Entry] | None:
+                left = [e for e in entries if e.sid not in sids]
+                return None if len(left) == len(entries) else left
+
+            return change
+
+        await asyncio.gather(*(self._change(u, drop(s)) for u, s in by_user.items()))
+
+    async def _kept(self, user: str, horizon: int) -> list[Entry]:
+        self._check()
+
+        def extend(entries: list[Entry]) -> list[Entry] | None:
+            if all(e.expires_ms >= horizon for e in entries):
+                return None
+            return [attrs.evolve(e, expires_ms=max(e.expires_ms, horizon)) for e in entries]
+
+        return await self._change(user, extend)
+
+    async def _sweep(self, now: int, limit: int) -> list[tuple[str, Entry]]:
+        self._check()
+        try:
+            keys = await self.inbox_kv.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        users = [user_of(k) for k in keys]
+        values = await asyncio.gather(*(self._get(self.inbox_kv, k) for k in keys))
+        due = [
+            u
+            for u, v in zip(users, values, strict=True)
+            if v is not None and v.value and _any_due(v.value, now)
+        ][:limit]
+        if not due:
+            return []
+        online = await self._locate(due)
+        out: list[tuple[str, Entry]] = []
+
+        def claim(user: str) -> Callable[[list[Entry]], list[Entry] | None]:
+            def change(entries: list[Entry]) -> list[Entry] | None:
+                claimed.pop(user, None)  # only the attempt that wrote counts
+                gone = [e for e in entries if e.expires_ms <= now]
+                if not gone:
+                    return None
+                claimed[user] = gone
+                return [e for e in entries if e.expires_ms > now]
+
+            return change
+
+        claimed: dict[str, list[Entry]] = {}
+        offline = [u for u in due if u not in online]
+        await asyncio.gather(*(self._change(u, claim(u)) for u in offline))
+        for user in offline:  # the last successful compare-and-set's view
+            out += ((user, e) for e in claimed.get(user, ()))
+        return out

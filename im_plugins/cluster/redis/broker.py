@@ -23,6 +23,7 @@ from im_core.tags import TagStat
 
 from .. import wire
 from ..base import ClusterBroker
+from ..inbox import Entry, pack_value, unpack_value
 from . import lua
 
 log = logging.getLogger("im.redis")
@@ -100,6 +101,10 @@ class RedisBroker(ClusterBroker):
                 "COUNT",
                 "DISTRIBUTION",
                 "RESYNC",
+                "KEEP",
+                "FORGET",
+                "KEPT",
+                "SWEEP",
             )
         }
         wanted = self.wanted_id
@@ -123,6 +128,7 @@ class RedisBroker(ClusterBroker):
         self.health.up = True
         self.spawn(self._listen())
         self.spawn(self._keep_alive())
+        self.spawn(self._sweeper())
         log.info("redis broker: node %d joined cluster %r at %s", node_id, self.prefix, self.url)
         return node_id
 
@@ -334,6 +340,43 @@ class RedisBroker(ClusterBroker):
                     pipe.srem(self._key("tags", me), *gone)
                 await pipe.execute()
         self._registered_tags = set(tags)
+
+    # --- kept entries ------------------------------------------------------------------
+
+    async def _keep(self, users: list[str], entry: Entry, bounded: bool) -> list[str]:
+        value = pack_value(entry.kept_ms, entry.expires_ms, entry.tries, entry.payload)
+        kept: list[str] = []
+        for i in range(0, len(users), CHUNK):
+            done = await self._script(
+                self.s["KEEP"],
+                entry.sid,
+                entry.expires_ms,
+                "1" if bounded else "0",
+                self.inbox_max_messages,
+                self.inbox_max_bytes,
+                value,
+                *users[i : i + CHUNK],
+            )
+            kept += (u.decode() for u in done)
+        return kept
+
+    async def _forget(self, batch: list[tuple[str, int]]) -> None:
+        for i in range(0, len(batch), CHUNK):
+            pairs = batch[i : i + CHUNK]
+            await self._script(self.s["FORGET"], *(x for pair in pairs for x in pair))
+
+    async def _kept(self, user: str, horizon: int) -> list[Entry]:
+        flat = await self._script(self.s["KEPT"], user, horizon)
+        pairs = zip(flat[::2], flat[1::2], strict=True)
+        return [unpack_value(int(sid), value) for sid, value in pairs]
+
+    async def _sweep(self, now: int, limit: int) -> list[tuple[str, Entry]]:
+        recheck = int(self.ttl * 1000)
+        flat = await self._script(self.s["SWEEP"], now, limit, recheck)
+        return [
+            (user.decode(), unpack_value(int(sid), value))
+            for user, sid, value in zip(flat[::3], flat[1::3], flat[2::3], strict=True)
+        ]
 
     # --- cluster-wide queries ----------------------------------------------------------
 

@@ -10,6 +10,9 @@ Keys (``P`` = broker prefix, ``N`` = node id):
   P:tags:N     set of tags node N registered in P:tag:* (cleanup)
   P:dist:N     hash tag -> "members|created" of node N (distribution)
   P:held:U     set of node ids holding unacked entries of offline user U (PX = hold ttl)
+  P:inbox:U    hash sid -> kept entry of user U (``inbox.pack_value``); field "-" holds
+               the payload bytes of all of them (the inbox bound)
+  P:inbox_due  sorted set "sid:user" by expiry (unix ms): what the sweep looks at
 A presence entry counts only while its node's lease exists, so a dead node's users
 drop out when the lease expires even before anyone cleans up after it.
 """
@@ -174,4 +177,94 @@ for i = 4, #ARGV, 3 do
   end
 end
 return lost
+"""
+
+# Keep one entry for several users. ARGV: prefix, sid, expires_ms, bounded (1/0),
+# max messages, max bytes, value, users... Returns the users it was kept for.
+KEEP = """
+local p, sid, expires, bounded = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
+local max_n, max_b, value = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local size = #value - 18
+local kept = {}
+for i = 8, #ARGV do
+  local u = ARGV[i]
+  local key = p..':inbox:'..u
+  local room = true
+  if bounded then
+    local n = redis.call('HLEN', key)
+    if n > 0 then n = n - 1 end
+    local b = tonumber(redis.call('HGET', key, '-') or '0')
+    room = n < max_n and b + size <= max_b
+  end
+  if room then
+    if redis.call('HSETNX', key, sid, value) == 1 then
+      redis.call('HINCRBY', key, '-', size)
+      redis.call('ZADD', p..':inbox_due', expires, sid..':'..u)
+    end
+    kept[#kept + 1] = u
+  end
+end
+return kept
+"""
+
+# Drop entries. ARGV: prefix, then user, sid pairs.
+FORGET = """
+local p = ARGV[1]
+for i = 2, #ARGV, 2 do
+  local u, sid = ARGV[i], ARGV[i + 1]
+  local key = p..':inbox:'..u
+  local v = redis.call('HGET', key, sid)
+  if v then
+    redis.call('HDEL', key, sid)
+    redis.call('HINCRBY', key, '-', 18 - #v)
+    if redis.call('HLEN', key) <= 1 then redis.call('DEL', key) end
+  end
+  redis.call('ZREM', p..':inbox_due', sid..':'..u)
+end
+return 0
+"""
+
+# A user's entries, now tracked by the reading node: none expires before the
+# horizon. ARGV: prefix, user, horizon_ms. Returns sid, value, sid, value, ...
+KEPT = """
+local p, u, horizon = ARGV[1], ARGV[2], ARGV[3]
+local flat = redis.call('HGETALL', p..':inbox:'..u)
+local out = {}
+for i = 1, #flat, 2 do
+  if flat[i] ~= '-' then
+    redis.call('ZADD', p..':inbox_due', 'GT', horizon, flat[i]..':'..u)
+    out[#out + 1] = flat[i]
+    out[#out + 1] = flat[i + 1]
+  end
+end
+return out
+"""
+
+# Claim expired entries of offline users. ARGV: prefix, now_ms, limit, recheck_ms.
+# An online user's entry is its node's to expire: looked at again after recheck_ms.
+# Returns user, sid, value triples.
+SWEEP = """
+local p, now, limit, recheck = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local due = p..':inbox_due'
+local out = {}
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, limit)) do
+  local at = string.find(m, ':', 1, true)
+  local sid, u = string.sub(m, 1, at - 1), string.sub(m, at + 1)
+  if redis.call('HEXISTS', p..':presence', u) == 1 then
+    redis.call('ZADD', due, tonumber(now) + recheck, m)
+  else
+    redis.call('ZREM', due, m)
+    local key = p..':inbox:'..u
+    local v = redis.call('HGET', key, sid)
+    if v then
+      redis.call('HDEL', key, sid)
+      redis.call('HINCRBY', key, '-', 18 - #v)
+      if redis.call('HLEN', key) <= 1 then redis.call('DEL', key) end
+      out[#out + 1] = u
+      out[#out + 1] = sid
+      out[#out + 1] = v
+    end
+  end
+end
+return out
 """

@@ -68,10 +68,14 @@ class AckOutcome:
 
 class Unacked:
     __slots__ = (
-        "done", "due", "offline_since", "parked", "payload", "queued", "sid", "tries", "user_id"
+        "at", "done", "due", "offline_since", "parked", "payload", "queued", "sid", "tries",
+        "user_id",
     )  # fmt: skip
 
-    def __init__(self, user_id: str, sid: int, payload: bytes, due: float) -> None:
+    def __init__(
+        self, user_id: str, sid: int, payload: bytes, due: float, at: float | None = None
+    ) -> None:
+        self.at = time.time() if at is None else at  # unix seconds: catch-up order
         self.user_id = user_id
         self.sid = sid
         self.payload = payload
@@ -173,13 +177,19 @@ class AckTracker:
             entry.done = True  # the due queue skips it from now on
         return list(entries.values())
 
-    def adopt(self, user_id: str, sid: int, payload: bytes, tries: int) -> Unacked | None:
-        """Track an entry handed over by another node, keeping its try count; it is
-        due one interval from now. None if the sid is already tracked here."""
+    def adopt(
+        self, user_id: str, sid: int, payload: bytes, tries: int, at: float | None = None
+    ) -> Unacked | None:
+        """Track an entry handed over by another node (or kept by the broker, first
+        sent ``at``), keeping its try count; it is due one interval from now. None if
+        the sid is already tracked here."""
         entries = self._by_user.setdefault(user_id, {})
-        if sid in entries:
+        known = entries.get(sid)
+        if known is not None:
+            if at is not None and at < known.at:  # handed over: the broker knows its age
+                known.at = at
             return None
-        entry = Unacked(user_id, sid, payload, self._clock() + self.interval)
+        entry = Unacked(user_id, sid, payload, self._clock() + self.interval, at)
         entry.tries = tries
         entries[sid] = entry
         self._due.append(entry)

@@ -17,7 +17,7 @@ needs neither.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Literal, Protocol
 
 import attrs
@@ -30,13 +30,26 @@ Kind = Literal["users", "all", "tags_any", "tags_all"]
 
 @attrs.frozen(slots=True)
 class Push:
-    """One message to deliver. ``sid`` is non-zero when the push wants an ack."""
+    """One message to deliver. ``sid`` is non-zero when the push wants an ack;
+    ``store`` (tag pushes) keeps it for members who are away (``keep_for_tags``)."""
 
     kind: Kind
     payload: bytes
     users: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     sid: int = 0
+    store: bool = False
+
+
+@attrs.frozen(slots=True)
+class Kept:
+    """A message a broker kept for a user: sent, oldest ``at`` (unix seconds) first,
+    when the user connects."""
+
+    at: float
+    sid: int
+    payload: bytes
+    tries: int = 0
 
 
 @attrs.frozen
@@ -46,6 +59,37 @@ class Presence:
     conn_id: str
     tags: tuple[str, ...]
     connected_at: float
+
+
+@attrs.frozen(slots=True)
+class TagKept:
+    """A tag push kept with ``store`` (``Broker.keep_for_tags``), until ``expires``."""
+
+    at: float
+    expires: float
+    sid: int
+    kind: Kind
+    tags: tuple[str, ...]
+    payload: bytes
+
+    @classmethod
+    def of(cls, push: Push, now: float, ttl: float) -> TagKept:
+        return cls(now, now + ttl, push.sid, push.kind, push.tags, push.payload)
+
+
+def missed_pushes(
+    since: float, tags: Sequence[str], candidates: Iterable[TagKept], now: float
+) -> list[Kept]:
+    """What a user with ``tags``, last seen at ``since``, missed of ``candidates``:
+    pushes made after ``since``, not expired, whose tags match (any / all)."""
+    have = set(tags)
+    out: dict[int, Kept] = {}
+    for c in candidates:
+        if c.at <= since or c.expires <= now or c.sid in out:
+            continue
+        if have.issuperset(c.tags) if c.kind == "tags_all" else not have.isdisjoint(c.tags):
+            out[c.sid] = Kept(c.at, c.sid, c.payload)
+    return sorted(out.values(), key=lambda k: (k.at, k.sid))
 
 
 class LocalNode(Protocol):
@@ -161,9 +205,20 @@ class Broker(abc.ABC):
     def forget(self, user_id: str, sid: int) -> None:  # noqa: B027 (optional, no-op)
         """A kept entry was acked or expired: drop it. Must not block."""
 
-    async def kept(self, user_id: str) -> list[Unacked]:
-        """The user's kept entries, oldest first, with their try counts (durable
-        brokers; read when the user connects)."""
+    async def kept(self, user_id: str) -> list[Kept]:
+        """The user's kept entries, with their try counts (durable brokers; read
+        when the user connects)."""
+        return []
+
+    async def keep_for_tags(self, push: Push, ttl: float) -> None:  # noqa: B027
+        """Keep a tag push made with ``store`` for ``ttl`` seconds (at most
+        ``--inbox-max-messages`` per tag, the oldest dropped first): see ``missed``."""
+
+    async def missed(self, user_id: str, tags: tuple[str, ...]) -> list[Kept]:
+        """The kept tag pushes a connecting user missed: made after the user was
+        last seen (their last disconnect, which brokers record for ``--inbox-ttl``)
+        and matching the tags they connect with. Nothing for a user not seen within
+        the ttl: they were not a member while away."""
         return []
 
     def report(self, node_id: int, outcome: AckOutcome) -> bool:

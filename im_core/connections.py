@@ -16,7 +16,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from .ack import Unacked
-from .broker import Presence
+from .broker import Kept, Presence
 from .codec import BadFrame
 from .connection import Closer, Connection, Format, Writer
 from .errors import CloseCode, InvalidArgument
@@ -128,27 +128,28 @@ class Connections:
         try:
             await broker.connected(presence_of(conn, server.node_id))
             kept = await broker.kept(conn.user_id) if broker.durable else []
+            missed = await broker.missed(conn.user_id, tuple(sorted(conn.tags)))
             await server.hooks.connected(server, conn)
         except Exception:
             conn.close(CloseCode.INTERNAL_ERROR, "server error while connecting")
             for entry in server.acks.pending(conn.user_id):
                 entry.queued = False  # that queue is gone: the next connection catches up
             raise
-        self._catch_up(conn, kept)
+        self._catch_up(conn, [*kept, *missed])
         return conn
 
-    def _catch_up(self, conn: Connection, kept: list[Unacked]) -> None:
+    def _catch_up(self, conn: Connection, kept: list[Kept]) -> None:
         """Send the user's unacked and kept messages, oldest first, then release
         what was pushed meanwhile: the entries this node tracks (its own, handed
-        over by another node, parked in its inbox) and those a durable broker kept."""
+        over by another node, parked in its inbox) and those the broker kept (a
+        durable broker's copies, missed tag pushes)."""
         acks = self._server.acks
         user, fmt = conn.user_id, conn.fmt
-        for entry in kept:
-            acks.adopt(user, entry.sid, entry.payload, entry.tries)  # None: tracked here
+        for k in kept:
+            acks.adopt(user, k.sid, k.payload, k.tries, k.at)  # None: tracked here already
         pending = acks.pending(user)
-        if kept:  # the broker's order is the order they were pushed in
-            rank = {entry.sid: i for i, entry in enumerate(kept)}
-            pending.sort(key=lambda entry: rank.get(entry.sid, len(rank)))
+        if kept:  # in the order they were pushed in (stable: ties keep the tracker's)
+            pending.sort(key=lambda entry: entry.at)
         first: list[bytes] = []
 
         def send(entry: Unacked) -> bool:

@@ -181,6 +181,8 @@ class Server:
 
     async def _publish(self, push: Push) -> list[str]:
         assert self.broker is not None
+        if push.store:  # kept first: a member who connects meanwhile gets it either way
+            await self.broker.keep_for_tags(push, self.options.inbox_ttl)
         return await self.broker.publish(push)
 
     async def __aenter__(self) -> Server:
@@ -339,15 +341,26 @@ class Server:
         return self._queue_push("all", payload, (), ack)
 
     def push_tags(
-        self, tags: Iterable[str], payload: bytes, *, match: str = "any", ack: bool = False
+        self,
+        tags: Iterable[str],
+        payload: bytes,
+        *,
+        match: str = "any",
+        ack: bool = False,
+        store: bool | None = None,
     ) -> Queued:
-        """Queue a push to users with any (``match="any"``) or all of ``tags``."""
+        """Queue a push to users with any (``match="any"``) or all of ``tags``;
+        ``store`` also keeps it for members who are away (``Broker.missed``;
+        ``None``: ``--store``)."""
         if match not in ("any", "all"):
             raise InvalidArgument("match: must be 'any' or 'all'")
         tags = tuple(dict.fromkeys(t for t in tags if t))
         if not tags:
             raise InvalidArgument("tags: at least one tag is required")
-        return self._queue_push("tags_any" if match == "any" else "tags_all", payload, tags, ack)
+        if store is None:
+            store = self.options.store
+        kind: Kind = "tags_any" if match == "any" else "tags_all"
+        return self._queue_push(kind, payload, tags, ack, store)
 
     def push_by_tag(self, contents: Mapping[str, bytes]) -> int:
         """Each tag gets its own payload (the original's WTIBroadcast). Returns the
@@ -365,11 +378,13 @@ class Server:
     def queue_length(self) -> int:
         return len(self.queue)
 
-    def _queue_push(self, kind: Kind, payload: bytes, tags: tuple[str, ...], ack: bool) -> Queued:
+    def _queue_push(
+        self, kind: Kind, payload: bytes, tags: tuple[str, ...], ack: bool, store: bool = False
+    ) -> Queued:
         self._check(payload)
         self.queue.room(1)
-        sid = self.sids.next() if ack else 0
-        length = self.queue.put(Push(kind, bytes(payload), tags=tags, sid=sid))
+        sid = self.sids.next() if ack or store else 0
+        length = self.queue.put(Push(kind, bytes(payload), tags=tags, sid=sid, store=store))
         return Queued(sid, length)
 
     # --- queries and control ---------------------------------------------------------

@@ -62,7 +62,13 @@ class ServerAPI(Protocol):
     def broadcast(self, payload: bytes, *, ack: bool = False) -> Queued: ...
 
     def push_tags(
-        self, tags: Iterable[str], payload: bytes, *, match: str = "any", ack: bool = False
+        self,
+        tags: Iterable[str],
+        payload: bytes,
+        *,
+        match: str = "any",
+        ack: bool = False,
+        store: bool | None = None,
     ) -> Queued: ...
 
     def push_by_tag(self, contents: Mapping[str, bytes]) -> int: ...

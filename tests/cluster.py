@@ -101,7 +101,7 @@ async def cleanup(broker: str, prefix: str, url: str | None = None) -> None:
         nc = await nats.connect(url or NATS_URL)
         try:
             js = nc.jetstream()
-            for bucket in ("presence", "nodes", "held", "inbox"):
+            for bucket in ("presence", "nodes", "held", "inbox", "seen", "tagbox"):
                 try:
                     await js.delete_key_value(f"{prefix}_{bucket}")
                 except Exception:

@@ -54,8 +54,8 @@ class Cluster:
         await proc.ready()
         return proc
 
-    async def client(self, url: str, user: str) -> Client:
-        client = Client(url, user, heartbeat=None)
+    async def client(self, url: str, user: str, **kw: Any) -> Client:
+        client = Client(url, user, heartbeat=None, **kw)
         self.clients.append(client)
         await client.connect()
         return client
@@ -156,3 +156,26 @@ async def test_a_restarted_single_node_redelivers(cluster: Cluster) -> None:
     again = await cluster.client(restarted.ws_url, "gus")
     got = await again.receive(timeout=5)
     assert (got.sid, got.data) == (sid, b"keep me")
+
+
+async def test_a_stored_tag_push_reaches_members_who_were_away(cluster: Cluster) -> None:
+    a, b = await cluster.node(), await cluster.node()
+    ivy = await cluster.client(ws_url(a), "ivy", tags=["news"])
+    await visible(b, "ivy")
+    await ivy.close()  # seen on node a, then away
+    await eventually(lambda: a.local.local_count() == 0)
+    await eventually(lambda: _offline(b, "ivy"))
+    sid = b.push_tags(["news"], b"extra", store=True).sid
+    await eventually(lambda: b.queue_length == 0)
+    again = await cluster.client(ws_url(b), "ivy", tags=["news"])
+    got = await again.receive()
+    assert (got.sid, got.data) == (sid, b"extra")
+    await again.ack(sid)
+    await eventually(lambda: [o.sid for o in cluster.hooks[b].outcomes] == [sid])
+    new = await cluster.client(ws_url(a), "kim", tags=["news"])  # never seen: not a member then
+    with pytest.raises(TimeoutError):
+        await new.receive(timeout=0.5)
+
+
+async def _offline(server: Server, user: str) -> bool:
+    return await server.presence(user) is None

@@ -125,3 +125,64 @@ async def test_a_kept_push_is_a_hard_limited_ack_entry(make_server) -> None:
         assert log.expired == [("hal", sid, b"x", 2, "max_tries")]
     finally:
         await hal.close()
+
+
+async def test_a_stored_tag_push_reaches_members_who_were_away(make_server, api) -> None:
+    """The rule: a member last seen before the push who connects with matching tags
+    within --inbox-ttl gets it first; one online at the time, or never seen, does not."""
+    server = await make_server()
+    away = Client(ws_url(server), "ivy", tags=["news"])
+    await away.connect()
+    await away.close()  # seen, then away
+    await eventually(lambda: server.local.local_count() == 0)
+    here = Client(ws_url(server), "jon", tags=["news"])
+    await here.connect()
+    try:
+        await eventually(lambda: server.local.local_count() == 1)
+        push = api(server)
+        kept = await push.call("PushTags", tags=["news"], data=b"extra", store=True)
+        assert kept["sid"]
+        plain = await push.call("PushTags", tags=["news"], data=b"not kept")
+        assert (await here.receive()).sid == kept["sid"]
+        await here.ack(kept["sid"])
+        await here.receive()
+        await eventually(lambda: not server.acks.pending("jon"))
+        await here.close()  # left after the push: it had it
+        again = Client(ws_url(server), "jon", tags=["news"])
+        ivy = Client(ws_url(server), "ivy", tags=["news", "sport"])
+        new = Client(ws_url(server), "kim", tags=["news"])
+        for c in (again, ivy, new):
+            await c.connect()
+        got = await ivy.receive()
+        assert (got.sid, got.data) == (kept["sid"], b"extra")
+        await ivy.ack(got.sid)
+        for c in (again, new, ivy):
+            with pytest.raises(TimeoutError):
+                await c.receive(timeout=0.3)
+        assert plain["sid"] == 0
+        for c in (again, ivy, new):
+            await c.close()
+    finally:
+        await here.close()
+
+
+async def test_a_stored_tag_push_matches_all_tags_when_asked(make_server) -> None:
+    server = await make_server()
+    for user in ("lea", "max"):
+        c = Client(ws_url(server), user, tags=["a"])
+        await c.connect()
+        await c.close()
+    await eventually(lambda: server.local.local_count() == 0)
+    sid = server.push_tags(["a", "b"], b"both", match="all", store=True).sid
+    await eventually(lambda: server.queue_length == 0)
+    lea = Client(ws_url(server), "lea", tags=["a", "b"])
+    max_ = Client(ws_url(server), "max", tags=["a"])
+    await lea.connect()
+    await max_.connect()
+    try:
+        assert (await lea.receive()).sid == sid
+        with pytest.raises(TimeoutError):
+            await max_.receive(timeout=0.3)
+    finally:
+        await lea.close()
+        await max_.close()

@@ -40,17 +40,18 @@ import abc
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
 from im_core.ack import AckOutcome, Unacked
-from im_core.broker import Broker, LocalNode, Presence, Push
+from im_core.broker import Broker, Kept, LocalNode, Presence, Push, TagKept, missed_pushes
 from im_core.errors import InvalidArgument, Unavailable
 from im_core.tags import TagStat
 
 from . import wire
 from .health import Health
-from .inbox import Entry, in_order, now_ms
+from .inbox import Entry, now_ms
 from .outcomes import OutcomeSender
 from .peer import Peer
 
@@ -114,6 +115,7 @@ class ClusterBroker(Broker):
         # A node that reads a user's entries tracks them from then on: their copies
         # here live at least this long more, so the sweep leaves them to that node.
         self.unacked_ttl = float(options.get("unacked_ttl") or 300.0)
+        self.inbox_ttl = float(options.get("inbox_ttl") or 86400.0)
 
     # --- what a concrete broker provides -------------------------------------------
 
@@ -179,6 +181,22 @@ class ClusterBroker(Broker):
     async def _kept(self, user: str, horizon: int) -> list[Entry]:
         """The user's kept entries, any order; none of them expires before
         ``horizon`` (unix ms) from now on."""
+
+    @abc.abstractmethod
+    async def _keep_for_tags(self, kept: TagKept, ttl_ms: int) -> None:
+        """Add ``kept`` to each of its tags' kept pushes (``inbox_max_messages`` per
+        tag, the oldest dropped)."""
+
+    @abc.abstractmethod
+    async def _missed(
+        self, user: str, tags: tuple[str, ...]
+    ) -> tuple[float | None, list[TagKept]]:
+        """When ``user`` was last seen (None: not within the ttl) and the kept pushes
+        of ``tags``."""
+
+    @abc.abstractmethod
+    async def _saw(self, user: str, now: float) -> None:
+        """Record that ``user`` left at ``now`` (kept ``inbox_ttl``)."""
 
     @abc.abstractmethod
     async def _sweep(self, now: int, limit: int) -> list[tuple[str, Entry]]:
@@ -248,11 +266,32 @@ class ClusterBroker(Broker):
             except Unavailable as exc:
                 log.debug("%d kept entries not dropped: %s", len(batch), exc)
 
-    async def kept(self, user_id: str) -> list[Unacked]:
+    async def kept(self, user_id: str) -> list[Kept]:
         horizon = now_ms() + int(self.unacked_ttl * 1000)
-        async with self.health.guard("inbox"):
-            entries = await self._kept(user_id, horizon)
-        return [e.unacked(user_id) for e in in_order(entries)]
+        try:
+            async with self.health.guard("inbox"):
+                entries = await self._kept(user_id, horizon)
+        except Unavailable:
+            return []  # the connection goes on; they stay for a later one (or expire)
+        return [e.kept() for e in entries]
+
+    async def keep_for_tags(self, push: Push, ttl: float) -> None:
+        kept = TagKept.of(push, time.time(), ttl)
+        with contextlib.suppress(Unavailable):  # the push itself still goes out
+            async with self.health.guard("keep for tags"):
+                await self._keep_for_tags(kept, int(ttl * 1000))
+
+    async def missed(self, user_id: str, tags: tuple[str, ...]) -> list[Kept]:
+        if not tags:
+            return []
+        try:
+            async with self.health.guard("missed"):
+                since, candidates = await self._missed(user_id, tags)
+        except Unavailable:
+            return []
+        if since is None:
+            return []
+        return missed_pushes(since, tags, candidates, time.time())
 
     async def _sweeper(self) -> None:
         while not self._stopping:
@@ -443,6 +482,7 @@ class ClusterBroker(Broker):
                 if self.node.has_unacked(user) and self.node.local_presence(user) is None:
                     await self._hold(user)
                 await self._unregister(presence)
+                await self._saw(user, time.time())
         except Unavailable:
             self._resync = True
 

@@ -9,13 +9,17 @@ as the hash field and reads the payload length off the value.
 
 from __future__ import annotations
 
+import base64
 import struct
 import time
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import attrs
+import orjson
 
 from im_core.ack import Unacked
+from im_core.broker import Kept, TagKept
 
 HEAD = struct.Struct(">QQH")  # kept_ms, expires_ms, tries
 RECORD = struct.Struct(">QQQHI")  # sid, kept_ms, expires_ms, tries, payload length
@@ -32,6 +36,9 @@ class Entry:
     expires_ms: int
     tries: int
     payload: bytes
+
+    def kept(self) -> Kept:
+        return Kept(self.kept_ms / 1000, self.sid, self.payload, self.tries)
 
     def unacked(self, user: str) -> Unacked:
         entry = Unacked(user, self.sid, self.payload, 0.0)
@@ -66,6 +73,22 @@ def unpack_records(value: bytes) -> Iterator[Entry]:
         at += size
 
 
-def in_order(entries: Iterable[Entry]) -> list[Entry]:
-    """Oldest first: the order the pushes were kept in."""
-    return sorted(entries, key=lambda e: (e.kept_ms, e.sid))
+def pack_tag_push(kept: TagKept) -> bytes:
+    """A kept tag push as JSON (rare: the payload goes as base64)."""
+    return orjson.dumps(
+        {
+            "a": kept.at,
+            "e": kept.expires,
+            "s": kept.sid,
+            "k": kept.kind,
+            "g": kept.tags,
+            "p": base64.b64encode(kept.payload).decode(),
+        }
+    )
+
+
+def unpack_tag_push(data: bytes | dict[str, Any]) -> TagKept:
+    v: dict[str, Any] = orjson.loads(data) if isinstance(data, bytes) else data
+    return TagKept(
+        float(v["a"]), float(v["e"]), int(v["s"]), v["k"], tuple(v["g"]), base64.b64decode(v["p"])
+    )

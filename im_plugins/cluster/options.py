@@ -70,6 +70,7 @@ def make_broker(server: Any, name: str, own: type, load: Callable[[], Any]) -> A
         inbox_max_messages=opts.inbox_max_messages,
         inbox_max_bytes=opts.inbox_max_bytes,
         unacked_ttl=opts.unacked_ttl(),
+        inbox_ttl=opts.inbox_ttl,
     )
     return broker_class(settings, opts.node_id, hold_ttl(opts))
 

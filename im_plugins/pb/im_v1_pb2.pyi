@@ -71,16 +71,18 @@ class PushReply(_message.Message):
     def __init__(self, sid: _Optional[int] = ..., missing: _Optional[_Iterable[str]] = ..., stored: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PushTagsRequest(_message.Message):
-    __slots__ = ("tags", "match", "data", "ack")
+    __slots__ = ("tags", "match", "data", "ack", "store")
     TAGS_FIELD_NUMBER: _ClassVar[int]
     MATCH_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
+    STORE_FIELD_NUMBER: _ClassVar[int]
     tags: _containers.RepeatedScalarFieldContainer[str]
     match: Match
     data: bytes
     ack: bool
-    def __init__(self, tags: _Optional[_Iterable[str]] = ..., match: _Optional[_Union[Match, str]] = ..., data: _Optional[bytes] = ..., ack: _Optional[bool] = ...) -> None: ...
+    store: bool
+    def __init__(self, tags: _Optional[_Iterable[str]] = ..., match: _Optional[_Union[Match, str]] = ..., data: _Optional[bytes] = ..., ack: _Optional[bool] = ..., store: _Optional[bool] = ...) -> None: ...
 
 class PushByTagRequest(_message.Message):
     __slots__ = ("contents",)

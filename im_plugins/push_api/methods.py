@@ -26,7 +26,9 @@ from im_core.server import PushResult
 OUTCOME = {"acked": pb.ACKED, "expired": pb.EXPIRED}
 
 
-def store(request: pb.PushUserRequest | pb.PushUsersRequest | pb.StreamPush) -> bool | None:
+def store(
+    request: pb.PushUserRequest | pb.PushUsersRequest | pb.PushTagsRequest | pb.StreamPush,
+) -> bool | None:
     """The request's ``store`` flag; None (the server's ``--store``) when unset."""
     return request.store if request.HasField("store") else None
 
@@ -60,7 +62,11 @@ class ImMethods:
 
     async def PushTags(self, request: pb.PushTagsRequest) -> pb.QueuedReply:
         queued = self.server.push_tags(
-            request.tags, request.data, match=match(request.match), ack=request.ack
+            request.tags,
+            request.data,
+            match=match(request.match),
+            ack=request.ack,
+            store=store(request),
         )
         return pb.QueuedReply(sid=queued.sid, queue_length=queued.queue_length)
 
@@ -78,7 +84,8 @@ class ImMethods:
         if request.users:
             return await server.push(request.users, data, ack=ack, store=store(request))
         if request.tags:
-            queued = server.push_tags(request.tags, data, match=match(request.match), ack=ack)
+            tags, how = request.tags, match(request.match)
+            queued = server.push_tags(tags, data, match=how, ack=ack, store=store(request))
             return PushResult(queued.sid)
         if request.all:
             return PushResult(server.broadcast(data, ack=ack).sid)

@@ -14,6 +14,8 @@ KV buckets (in memory; nodes re-register after a NATS restart):
              user]; the bucket's max age is the hold ttl.
 ``P_inbox``  key base64(user) -> the user's kept entries (``inbox.pack_records``),
              written compare-and-set; on disk, so they outlive a NATS restart.
+``P_seen``   key base64(user) -> when the user last left (max age: the inbox ttl);
+``P_tagbox`` key ``t`` + hex(tag) -> the tag's kept pushes (JSON list), on disk.
 """
 
 from __future__ import annotations
@@ -40,12 +42,12 @@ from nats.aio.subscription import Subscription
 from nats.js.api import StorageType
 from nats.js.kv import KeyValue
 
-from im_core.broker import LocalNode, Presence, Push
+from im_core.broker import LocalNode, Presence, Push, TagKept
 from im_core.tags import TagStat
 
 from .. import wire
 from ..base import ClusterBroker, merge_distribution
-from ..inbox import RECORD, Entry, pack_records, unpack_records
+from ..inbox import RECORD, Entry, pack_records, pack_tag_push, unpack_records, unpack_tag_push
 
 log = logging.getLogger("im.nats")
 MISSING = (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError)
@@ -134,6 +136,8 @@ class NatsBroker(ClusterBroker):
         self.nodes_kv = await self._bucket("nodes", self.ttl)
         self.held_kv = await self._bucket("held", self.hold_ttl)
         self.inbox_kv = await self._bucket("inbox", None, StorageType.FILE)
+        self.seen_kv = await self._bucket("seen", self.inbox_ttl, StorageType.FILE)
+        self.tagbox_kv = await self._bucket("tagbox", self.inbox_ttl, StorageType.FILE)
 
     async def _bucket(
         self, name: str, ttl: float | None, storage: StorageType = StorageType.MEMORY
@@ -557,3 +561,49 @@ class NatsBroker(ClusterBroker):
         for user in offline:  # the last successful compare-and-set's view
             out += ((user, e) for e in claimed.get(user, ()))
         return out
+
+    # --- kept tag pushes -----------------------------------------------------------------
+
+    async def _keep_for_tags(self, kept: TagKept, ttl_ms: int) -> None:
+        self._check()
+        item = orjson.loads(pack_tag_push(kept))
+        limit = self.nc.max_payload - 1024
+
+        async def add(tag: str) -> None:
+            key = "t" + tag.encode().hex()
+            while True:
+                old = await self._get(self.tagbox_kv, key)
+                items = orjson.loads(old.value) if old is not None and old.value else []
+                items = [i for i in items if i["e"] > kept.at]
+                items = [*items[len(items) + 1 - self.inbox_max_messages :], item]
+                value = orjson.dumps(items)
+                while len(value) > limit and len(items) > 1:  # the oldest go first
+                    items = items[1:]
+                    value = orjson.dumps(items)
+                try:
+                    if old is None:
+                        await self.tagbox_kv.create(key, value)
+                    else:
+                        await self.tagbox_kv.update(key, value, last=old.revision)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    continue
+                return
+
+        await asyncio.gather(*(add(t) for t in kept.tags))
+
+    async def _missed(
+        self, user: str, tags: tuple[str, ...]
+    ) -> tuple[float | None, list[TagKept]]:
+        self._check()
+        seen = await self._get(self.seen_kv, user_key(user))
+        if seen is None or not seen.value:
+            return None, []
+        boxes = await asyncio.gather(
+            *(self._get(self.tagbox_kv, "t" + t.encode().hex()) for t in tags)
+        )
+        values = [box.value for box in boxes if box is not None and box.value]
+        return float(seen.value), [unpack_tag_push(i) for v in values for i in orjson.loads(v)]
+
+    async def _saw(self, user: str, now: float) -> None:
+        self._check()
+        await self.seen_kv.put(user_key(user), repr(now).encode())

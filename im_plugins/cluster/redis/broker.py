@@ -17,13 +17,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from im_core.broker import LocalNode, Presence, Push
+from im_core.broker import LocalNode, Presence, Push, TagKept
 from im_core.errors import CloseCode
 from im_core.tags import TagStat
 
 from .. import wire
 from ..base import ClusterBroker
-from ..inbox import Entry, pack_value, unpack_value
+from ..inbox import Entry, pack_tag_push, pack_value, unpack_tag_push, unpack_value
 from . import lua
 
 log = logging.getLogger("im.redis")
@@ -369,6 +369,31 @@ class RedisBroker(ClusterBroker):
         flat = await self._script(self.s["KEPT"], user, horizon)
         pairs = zip(flat[::2], flat[1::2], strict=True)
         return [unpack_value(int(sid), value) for sid, value in pairs]
+
+    async def _keep_for_tags(self, kept: TagKept, ttl_ms: int) -> None:
+        value = pack_tag_push(kept)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for tag in kept.tags:
+                key = self._key("tagbox", tag)
+                pipe.rpush(key, value)
+                pipe.ltrim(key, -self.inbox_max_messages, -1)
+                pipe.pexpire(key, ttl_ms)
+            await pipe.execute()
+
+    async def _missed(
+        self, user: str, tags: tuple[str, ...]
+    ) -> tuple[float | None, list[TagKept]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(self._key("seen", user))
+            for tag in tags:
+                pipe.lrange(self._key("tagbox", tag), 0, -1)
+            seen, *boxes = await pipe.execute()
+        if seen is None:
+            return None, []
+        return float(seen), [unpack_tag_push(v) for box in boxes for v in box]
+
+    async def _saw(self, user: str, now: float) -> None:
+        await self.redis.set(self._key("seen", user), repr(now), px=int(self.inbox_ttl * 1000))
 
     async def _sweep(self, now: int, limit: int) -> list[tuple[str, Entry]]:
         recheck = int(self.ttl * 1000)

@@ -205,20 +205,17 @@ class Broker(abc.ABC):
     def forget(self, user_id: str, sid: int) -> None:  # noqa: B027 (optional, no-op)
         """A kept entry was acked or expired: drop it. Must not block."""
 
-    async def kept(self, user_id: str) -> list[Kept]:
-        """The user's kept entries, with their try counts (durable brokers; read
-        when the user connects)."""
-        return []
-
     async def keep_for_tags(self, push: Push, ttl: float) -> None:  # noqa: B027
         """Keep a tag push made with ``store`` for ``ttl`` seconds (at most
-        ``--inbox-max-messages`` per tag, the oldest dropped first): see ``missed``."""
+        ``--inbox-max-messages`` per tag, the oldest dropped first): see ``owed``."""
 
-    async def missed(self, user_id: str, tags: tuple[str, ...]) -> list[Kept]:
-        """The kept tag pushes a connecting user missed: made after the user was
-        last seen (their last disconnect, which brokers record for ``--inbox-ttl``)
-        and matching the tags they connect with. Nothing for a user not seen within
-        the ttl: they were not a member while away."""
+    async def owed(self, user_id: str, tags: tuple[str, ...]) -> list[Kept]:
+        """What was kept for a user who is connecting (after ``connected``), any
+        order: on a durable broker the user's kept entries, with their try counts;
+        and the kept tag pushes they missed: made after the user was last seen
+        (their last disconnect, which brokers record for ``--inbox-ttl``) and
+        matching the tags they connect with (``missed_pushes``). No missed tag push
+        for a user not seen within the ttl: they were not a member while away."""
         return []
 
     def report(self, node_id: int, outcome: AckOutcome) -> bool:

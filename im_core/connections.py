@@ -127,15 +127,14 @@ class Connections:
         assert broker is not None
         try:
             await broker.connected(presence_of(conn, server.node_id))
-            kept = await broker.kept(conn.user_id) if broker.durable else []
-            missed = await broker.missed(conn.user_id, tuple(sorted(conn.tags)))
+            owed = await broker.owed(conn.user_id, tuple(sorted(conn.tags)))
             await server.hooks.connected(server, conn)
         except Exception:
             conn.close(CloseCode.INTERNAL_ERROR, "server error while connecting")
             for entry in server.acks.pending(conn.user_id):
                 entry.queued = False  # that queue is gone: the next connection catches up
             raise
-        self._catch_up(conn, [*kept, *missed])
+        self._catch_up(conn, owed)
         return conn
 
     def _catch_up(self, conn: Connection, kept: list[Kept]) -> None:

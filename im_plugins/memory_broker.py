@@ -58,7 +58,8 @@ class MemoryBroker(Broker):
                 box.popleft()
             box.append(kept)
 
-    async def missed(self, user_id: str, tags: tuple[str, ...]) -> list[Kept]:
+    async def owed(self, user_id: str, tags: tuple[str, ...]) -> list[Kept]:
+        # Kept user pushes are parked in the node's own ack tracker: only tag pushes here.
         since = self._seen.get(user_id)
         if since is None or not self._tagbox:
             return []

@@ -178,21 +178,17 @@ class ClusterBroker(Broker):
         """Drop the (user, sid) entries of ``batch``."""
 
     @abc.abstractmethod
-    async def _kept(self, user: str, horizon: int) -> list[Entry]:
-        """The user's kept entries, any order; none of them expires before
-        ``horizon`` (unix ms) from now on."""
+    async def _owed(
+        self, user: str, tags: tuple[str, ...], horizon: int
+    ) -> tuple[list[Entry], float | None, list[TagKept]]:
+        """In one round trip where the store allows: the user's kept entries (none
+        of which expires before ``horizon``, unix ms, from now on), when the user
+        was last seen (None: not within the ttl) and the kept pushes of ``tags``."""
 
     @abc.abstractmethod
     async def _keep_for_tags(self, kept: TagKept, ttl_ms: int) -> None:
         """Add ``kept`` to each of its tags' kept pushes (``inbox_max_messages`` per
         tag, the oldest dropped)."""
-
-    @abc.abstractmethod
-    async def _missed(
-        self, user: str, tags: tuple[str, ...]
-    ) -> tuple[float | None, list[TagKept]]:
-        """When ``user`` was last seen (None: not within the ttl) and the kept pushes
-        of ``tags``."""
 
     @abc.abstractmethod
     async def _saw(self, user: str, now: float) -> None:
@@ -266,32 +262,23 @@ class ClusterBroker(Broker):
             except Unavailable as exc:
                 log.debug("%d kept entries not dropped: %s", len(batch), exc)
 
-    async def kept(self, user_id: str) -> list[Kept]:
+    async def owed(self, user_id: str, tags: tuple[str, ...]) -> list[Kept]:
         horizon = now_ms() + int(self.unacked_ttl * 1000)
         try:
             async with self.health.guard("inbox"):
-                entries = await self._kept(user_id, horizon)
+                entries, since, candidates = await self._owed(user_id, tags, horizon)
         except Unavailable:
             return []  # the connection goes on; they stay for a later one (or expire)
-        return [e.kept() for e in entries]
+        owed = [e.kept() for e in entries]
+        if since is not None and candidates:
+            owed += missed_pushes(since, tags, candidates, time.time())
+        return owed
 
     async def keep_for_tags(self, push: Push, ttl: float) -> None:
         kept = TagKept.of(push, time.time(), ttl)
         with contextlib.suppress(Unavailable):  # the push itself still goes out
             async with self.health.guard("keep for tags"):
                 await self._keep_for_tags(kept, int(ttl * 1000))
-
-    async def missed(self, user_id: str, tags: tuple[str, ...]) -> list[Kept]:
-        if not tags:
-            return []
-        try:
-            async with self.health.guard("missed"):
-                since, candidates = await self._missed(user_id, tags)
-        except Unavailable:
-            return []
-        if since is None:
-            return []
-        return missed_pushes(since, tags, candidates, time.time())
 
     async def _sweeper(self) -> None:
         while not self._stopping:

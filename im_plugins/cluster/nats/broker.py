@@ -591,10 +591,20 @@ class NatsBroker(ClusterBroker):
 
         await asyncio.gather(*(add(t) for t in kept.tags))
 
+    async def _owed(
+        self, user: str, tags: tuple[str, ...], horizon: int
+    ) -> tuple[list[Entry], float | None, list[TagKept]]:
+        (entries, (seen, pushes)) = await asyncio.gather(
+            self._kept(user, horizon), self._missed(user, tags)
+        )
+        return entries, seen, pushes
+
     async def _missed(
         self, user: str, tags: tuple[str, ...]
     ) -> tuple[float | None, list[TagKept]]:
         self._check()
+        if not tags:
+            return None, []
         seen = await self._get(self.seen_kv, user_key(user))
         if seen is None or not seen.value:
             return None, []

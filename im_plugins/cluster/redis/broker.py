@@ -103,7 +103,7 @@ class RedisBroker(ClusterBroker):
                 "RESYNC",
                 "KEEP",
                 "FORGET",
-                "KEPT",
+                "OWED",
                 "SWEEP",
             )
         }
@@ -365,10 +365,15 @@ class RedisBroker(ClusterBroker):
             pairs = batch[i : i + CHUNK]
             await self._script(self.s["FORGET"], *(x for pair in pairs for x in pair))
 
-    async def _kept(self, user: str, horizon: int) -> list[Entry]:
-        flat = await self._script(self.s["KEPT"], user, horizon)
+    async def _owed(
+        self, user: str, tags: tuple[str, ...], horizon: int
+    ) -> tuple[list[Entry], float | None, list[TagKept]]:
+        flat, seen, pushes = await self._script(self.s["OWED"], user, horizon, *tags)
         pairs = zip(flat[::2], flat[1::2], strict=True)
-        return [unpack_value(int(sid), value) for sid, value in pairs]
+        entries = [unpack_value(int(sid), value) for sid, value in pairs]
+        if not seen:
+            return entries, None, []
+        return entries, float(seen), [unpack_tag_push(v) for v in pushes]
 
     async def _keep_for_tags(self, kept: TagKept, ttl_ms: int) -> None:
         value = pack_tag_push(kept)
@@ -379,18 +384,6 @@ class RedisBroker(ClusterBroker):
                 pipe.ltrim(key, -self.inbox_max_messages, -1)
                 pipe.pexpire(key, ttl_ms)
             await pipe.execute()
-
-    async def _missed(
-        self, user: str, tags: tuple[str, ...]
-    ) -> tuple[float | None, list[TagKept]]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(self._key("seen", user))
-            for tag in tags:
-                pipe.lrange(self._key("tagbox", tag), 0, -1)
-            seen, *boxes = await pipe.execute()
-        if seen is None:
-            return None, []
-        return float(seen), [unpack_tag_push(v) for box in boxes for v in box]
 
     async def _saw(self, user: str, now: float) -> None:
         await self.redis.set(self._key("seen", user), repr(now), px=int(self.inbox_ttl * 1000))

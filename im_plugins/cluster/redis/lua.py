@@ -13,6 +13,8 @@ Keys (``P`` = broker prefix, ``N`` = node id):
   P:inbox:U    hash sid -> kept entry of user U (``inbox.pack_value``); field "-" holds
                the payload bytes of all of them (the inbox bound)
   P:inbox_due  sorted set "sid:user" by expiry (unix ms): what the sweep looks at
+  P:tagbox:T   list of kept tag pushes of tag T (``inbox.pack_tag_push``), trimmed
+  P:seen:U     when user U last left (unix seconds; PX = inbox ttl)
 A presence entry counts only while its node's lease exists, so a dead node's users
 drop out when the lease expires even before anyone cleans up after it.
 """
@@ -224,20 +226,31 @@ end
 return 0
 """
 
-# A user's entries, now tracked by the reading node: none expires before the
-# horizon. ARGV: prefix, user, horizon_ms. Returns sid, value, sid, value, ...
-KEPT = """
+# What a connecting user is owed, in one round trip: their entries (now tracked by
+# the reading node: none expires before the horizon), when they were last seen
+# ('' if not within the ttl) and, if seen, the kept pushes of their tags.
+# ARGV: prefix, user, horizon_ms, tags... Returns {{sid, value, ...}, seen, {push, ...}}.
+OWED = """
 local p, u, horizon = ARGV[1], ARGV[2], ARGV[3]
 local flat = redis.call('HGETALL', p..':inbox:'..u)
-local out = {}
+local kept = {}
 for i = 1, #flat, 2 do
   if flat[i] ~= '-' then
     redis.call('ZADD', p..':inbox_due', 'GT', horizon, flat[i]..':'..u)
-    out[#out + 1] = flat[i]
-    out[#out + 1] = flat[i + 1]
+    kept[#kept + 1] = flat[i]
+    kept[#kept + 1] = flat[i + 1]
   end
 end
-return out
+local seen = redis.call('GET', p..':seen:'..u)
+local pushes = {}
+if seen then
+  for i = 4, #ARGV do
+    for _, v in ipairs(redis.call('LRANGE', p..':tagbox:'..ARGV[i], 0, -1)) do
+      pushes[#pushes + 1] = v
+    end
+  end
+end
+return {kept, seen or '', pushes}
 """
 
 # Claim expired entries of offline users. ARGV: prefix, now_ms, limit, recheck_ms.

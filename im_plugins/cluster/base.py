@@ -83,6 +83,7 @@ class ClusterBroker(Broker):
     #: exceptions of the client library that mean "the broker cannot be reached"
     errors: tuple[type[BaseException], ...] = (OSError,)
     durable = True
+    sweep_every = SWEEP_EVERY  # seconds between sweeps of expired kept entries
 
     def __init__(
         self, options: dict[str, Any], node_id: int | None = None, hold_ttl: float = 70.0
@@ -282,7 +283,7 @@ class ClusterBroker(Broker):
 
     async def _sweeper(self) -> None:
         while not self._stopping:
-            await asyncio.sleep(SWEEP_EVERY)
+            await asyncio.sleep(self.sweep_every)
             try:
                 async with self.health.guard("sweep"):
                     expired = await self._sweep(now_ms(), SWEEP_BATCH)

@@ -28,8 +28,8 @@ import logging
 import os
 import random
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import attrs
 import nats
@@ -51,12 +51,25 @@ from ..inbox import RECORD, Entry, pack_records, pack_tag_push, unpack_records, 
 
 log = logging.getLogger("im.nats")
 MISSING = (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError)
+T = TypeVar("T")
 WRONG_LAST_SEQUENCE = 10071  # JetStream: the key was written since we read it
 SEEN = 4096  # remembered tag-push ids (a push to several tags arrives once per tag)
 
 
 def user_key(user: str) -> str:
     return "u" + base64.urlsafe_b64encode(user.encode()).decode()
+
+
+async def gather_bounded(calls: list[Coroutine[Any, Any, T]], limit: int = 64) -> list[T]:
+    """``asyncio.gather`` with at most ``limit`` requests to NATS in flight: a push
+    to thousands of users must not open thousands of requests at once."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(call: Coroutine[Any, Any, T]) -> T:
+        async with gate:
+            return await call
+
+    return list(await asyncio.gather(*(one(c) for c in calls)))
 
 
 def _any_due(value: bytes, now: int) -> bool:
@@ -70,6 +83,7 @@ def user_of(key: str) -> str:
 class NatsBroker(ClusterBroker):
     name = "nats"
     errors = (nats.errors.Error, OSError)
+    sweep_every = 5.0  # the sweep reads every user's kept entries: less often than Redis
 
     def __init__(
         self, options: dict[str, Any], node_id: int | None = None, hold_ttl: float = 70.0
@@ -498,7 +512,7 @@ class NatsBroker(ClusterBroker):
 
             return change
 
-        await asyncio.gather(*(self._change(u, add(u)) for u in users))
+        await gather_bounded([self._change(u, add(u)) for u in users])
         return [u for u in users if u in kept]
 
     async def _forget(self, batch: list[tuple[str, int]]) -> None:
@@ -514,7 +528,7 @@ class NatsBroker(ClusterBroker):
 
             return change
 
-        await asyncio.gather(*(self._change(u, drop(s)) for u, s in by_user.items()))
+        await gather_bounded([self._change(u, drop(s)) for u, s in by_user.items()])
 
     async def _kept(self, user: str, horizon: int) -> list[Entry]:
         self._check()
@@ -533,7 +547,7 @@ class NatsBroker(ClusterBroker):
         except nats.js.errors.NoKeysError:
             return []
         users = [user_of(k) for k in keys]
-        values = await asyncio.gather(*(self._get(self.inbox_kv, k) for k in keys))
+        values = await gather_bounded([self._get(self.inbox_kv, k) for k in keys])
         due = [
             u
             for u, v in zip(users, values, strict=True)
@@ -557,7 +571,7 @@ class NatsBroker(ClusterBroker):
 
         claimed: dict[str, list[Entry]] = {}
         offline = [u for u in due if u not in online]
-        await asyncio.gather(*(self._change(u, claim(u)) for u in offline))
+        await gather_bounded([self._change(u, claim(u)) for u in offline])
         for user in offline:  # the last successful compare-and-set's view
             out += ((user, e) for e in claimed.get(user, ()))
         return out

@@ -143,6 +143,10 @@ class Options:
     inbox_max_bytes: int = option(
         1 << 20, "payload bytes kept (and unacked) per user", converter=int, validator=positive,
     )
+    inbox_max_push_bytes: int = option(
+        64 << 20, "a cluster broker keeps a push (one copy per user) up to this many bytes",
+        converter=int, validator=positive,
+    )
     tag_cleanup_interval: float = option(
         20.0, "seconds between sweeps of empty tag groups", converter=float, validator=positive
     )

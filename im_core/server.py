@@ -314,8 +314,12 @@ class Server:
             stored = await broker.keep(push, missing, ttl, True) if store and missing else []
         else:
             # Kept before it is delivered: from the answer on, the death of the node
-            # that delivers it loses nothing (docs/cluster.md, "Durable acks").
-            kept = set(await broker.keep(push, users, ttl, store))
+            # that delivers it loses nothing (docs/cluster.md, "Durable acks"). The
+            # broker holds one copy per user: past --inbox-max-push-bytes of copies
+            # the push is not kept (acks as on one node; offline users are missing).
+            copies = len(users) * len(push.payload)
+            keep = copies <= opts.inbox_max_push_bytes
+            kept = set(await broker.keep(push, users, ttl, store)) if keep else set()
             missing = await broker.publish(push)
             stored = [u for u in missing if u in kept] if store else []
             for user in missing:

@@ -180,3 +180,14 @@ async def test_a_stored_tag_push_reaches_members_who_were_away(cluster: Cluster)
 
 async def _offline(server: Server, user: str) -> bool:
     return await server.presence(user) is None
+
+
+async def test_a_push_too_big_to_copy_per_user_is_not_kept(cluster: Cluster) -> None:
+    """One copy per user in the broker: a push past --inbox-max-push-bytes of copies
+    is not kept (offline users are missing), so one request cannot fill the broker."""
+    a = await cluster.node(inbox_max_push_bytes=1000)
+    users = [f"u{i}" for i in range(11)]
+    big = await a.push(users, b"x" * 100, store=True)
+    assert big.stored == () and big.missing == tuple(users)
+    small = await a.push(users[:10], b"x" * 100, store=True)
+    assert small.stored == tuple(users[:10])

@@ -59,6 +59,7 @@ class Client:
         codec: str = "json",
         message_type: str | None = None,
         tags: Sequence[str] = (),
+        device: str = "",
         auto_ack: bool = False,
         heartbeat: float | None = 30.0,
         reconnect: bool = False,
@@ -72,6 +73,8 @@ class Client:
             self.params["tags"] = ",".join(tags)
         if message_type:
             self.params["message_type"] = message_type
+        if device:  # which of the user's devices this is (--max-connections-per-user)
+            self.params["device"] = device
         self.auto_ack = auto_ack
         self.heartbeat = heartbeat
         self.reconnect = reconnect

@@ -64,19 +64,27 @@ class AckOutcome:
     tries: int = 0
     reason: str = ""  # expired only: "max_tries" or "offline"
     payload: bytes = b""  # expired only: lets the backend store it for later
+    device: str = ""  # the device whose ack state it was ("": the user's only one)
 
 
 class Unacked:
     __slots__ = (
-        "at", "done", "due", "offline_since", "parked", "payload", "queued", "sid", "tries",
-        "user_id",
+        "at", "device", "done", "due", "offline_since", "parked", "payload", "queued", "sid",
+        "tries", "user_id",
     )  # fmt: skip
 
     def __init__(
-        self, user_id: str, sid: int, payload: bytes, due: float, at: float | None = None
+        self,
+        user_id: str,
+        sid: int,
+        payload: bytes,
+        due: float,
+        at: float | None = None,
+        device: str = "",
     ) -> None:
         self.at = time.time() if at is None else at  # unix seconds: catch-up order
         self.user_id = user_id
+        self.device = device  # each device of a user has its own ack state
         self.sid = sid
         self.payload = payload
         self.tries = 0
@@ -87,6 +95,13 @@ class Unacked:
         # Sent to a connection still being set up: already in its queue, so the
         # catch-up after the setup must not send it again.
         self.queued = False
+
+
+Key = int | tuple[str, int]
+
+
+def key(device: str, sid: int) -> Key:
+    return (device, sid) if device else sid
 
 
 class AckTracker:
@@ -108,7 +123,9 @@ class AckTracker:
         self._resend = resend
         self._on_acked = on_acked
         self._on_expired = on_expired
-        self._by_user: dict[str, dict[int, Unacked]] = {}
+        # user -> entries by sid, or by (device, sid) for a named device: the common
+        # case (one device per user) keys by the bare sid.
+        self._by_user: dict[str, dict[Key, Unacked]] = {}
         self._due: deque[Unacked] = deque()
         # Parked entries by expiry: apart from ``_due`` so that thousands kept for
         # offline users cost nothing per interval (one ttl for all keeps it sorted).
@@ -117,11 +134,11 @@ class AckTracker:
     def __len__(self) -> int:
         return sum(len(d) for d in self._by_user.values())
 
-    def track(self, user_id: str, sid: int, payload: bytes) -> Unacked:
-        """Remember a message just sent to ``user_id`` (its first try)."""
-        entry = Unacked(user_id, sid, payload, self._clock() + self.interval)
+    def track(self, user_id: str, sid: int, payload: bytes, device: str = "") -> Unacked:
+        """Remember a message just sent to ``user_id``'s ``device`` (its first try)."""
+        entry = Unacked(user_id, sid, payload, self._clock() + self.interval, None, device)
         entry.tries = 1
-        self._by_user.setdefault(user_id, {})[sid] = entry
+        self._by_user.setdefault(user_id, {})[key(device, sid)] = entry
         self._due.append(entry)
         return entry
 
@@ -144,10 +161,11 @@ class AckTracker:
             return 0, 0
         return len(entries), sum(len(e.payload) for e in entries.values())
 
-    def ack(self, user_id: str, sid: int) -> bool:
-        """A receipt from ``user_id``; False if the sid is unknown or not theirs."""
+    def ack(self, user_id: str, sid: int, device: str = "") -> bool:
+        """A receipt from ``user_id``'s ``device``; False if the sid is unknown or not
+        theirs."""
         entries = self._by_user.get(user_id)
-        entry = entries.pop(sid, None) if entries else None
+        entry = entries.pop(key(device, sid), None) if entries else None
         if entry is None:
             return False
         if not entries:
@@ -156,13 +174,31 @@ class AckTracker:
         self._on_acked(entry)
         return True
 
-    def tracks(self, user_id: str, sid: int) -> bool:
+    def tracks(self, user_id: str, sid: int, device: str = "") -> bool:
         entries = self._by_user.get(user_id)
-        return entries is not None and sid in entries
+        return entries is not None and key(device, sid) in entries
 
     def pending(self, user_id: str) -> list[Unacked]:
-        """Unacked entries of ``user_id`` in the order they were first sent."""
+        """Unacked entries of ``user_id`` (every device) in the order they were first sent."""
         return list(self._by_user.get(user_id, {}).values())
+
+    def owed(self, user_id: str, device: str) -> list[Unacked]:
+        """What a connection of ``device`` gets on connecting: that device's entries
+        and the user's parked ones (which become that device's: the first device to
+        connect takes the user's inbox)."""
+        entries = self._by_user.get(user_id)
+        if not entries:
+            return []
+        out = []
+        for k, entry in list(entries.items()):
+            if entry.parked and entry.device != device:
+                del entries[k]
+                entry.device = device
+                entries[key(device, entry.sid)] = entry
+            elif entry.device != device:
+                continue
+            out.append(entry)
+        return out
 
     def has(self, user_id: str) -> bool:
         return user_id in self._by_user
@@ -178,20 +214,27 @@ class AckTracker:
         return list(entries.values())
 
     def adopt(
-        self, user_id: str, sid: int, payload: bytes, tries: int, at: float | None = None
+        self,
+        user_id: str,
+        sid: int,
+        payload: bytes,
+        tries: int,
+        at: float | None = None,
+        device: str = "",
     ) -> Unacked | None:
         """Track an entry handed over by another node (or kept by the broker, first
         sent ``at``), keeping its try count; it is due one interval from now. None if
-        the sid is already tracked here."""
+        the sid is already tracked here for that device."""
         entries = self._by_user.setdefault(user_id, {})
-        known = entries.get(sid)
+        k = key(device, sid)
+        known = entries.get(k)
         if known is not None:
             if at is not None and at < known.at:  # handed over: the broker knows its age
                 known.at = at
             return None
-        entry = Unacked(user_id, sid, payload, self._clock() + self.interval, at)
+        entry = Unacked(user_id, sid, payload, self._clock() + self.interval, at, device)
         entry.tries = tries
-        entries[sid] = entry
+        entries[k] = entry
         self._due.append(entry)
         return entry
 
@@ -239,7 +282,7 @@ class AckTracker:
     def _expire(self, entry: Unacked, reason: str) -> None:
         entries = self._by_user.get(entry.user_id)
         if entries is not None:
-            entries.pop(entry.sid, None)
+            entries.pop(key(entry.device, entry.sid), None)
             if not entries:
                 del self._by_user[entry.user_id]
         entry.done = True

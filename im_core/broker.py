@@ -59,6 +59,7 @@ class Presence:
     conn_id: str
     tags: tuple[str, ...]
     connected_at: float
+    device: str = ""
 
 
 @attrs.frozen(slots=True)
@@ -101,7 +102,15 @@ class LocalNode(Protocol):
 
     def local_presence(self, user_id: str) -> Presence | None: ...
 
-    def local_count(self) -> int: ...
+    def local_count(self) -> int:
+        """Users with a connection here."""
+        ...
+
+    def local_connections(self) -> int: ...
+
+    def local_devices(self, user_id: str) -> list[Presence]:
+        """Every connection of the user here, oldest first."""
+        ...
 
     def local_distribution(self) -> dict[str, TagStat]: ...
 
@@ -173,7 +182,18 @@ class Broker(abc.ABC):
     async def online_count(self) -> int: ...
 
     @abc.abstractmethod
-    async def presence(self, user_id: str) -> Presence | None: ...
+    async def presence(self, user_id: str) -> Presence | None:
+        """The user's newest connection, if any."""
+
+    async def devices(self, user_id: str) -> list[Presence]:
+        """Every connection of the user, oldest first. The default (one connection
+        per user) is ``presence``."""
+        found = await self.presence(user_id)
+        return [] if found is None else [found]
+
+    async def connection_count(self) -> int:
+        """Connections of online users. The default (one per user) is the user count."""
+        return await self.online_count()
 
     @abc.abstractmethod
     async def distribution(self) -> dict[str, TagStat]: ...

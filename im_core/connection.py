@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .errors import CloseCode
 
 if TYPE_CHECKING:
+    from .ack import Unacked
     from .codec import Codec
     from .transport import Framing
 
@@ -66,6 +67,7 @@ class Connection:
         "closed",
         "conn_id",
         "connected_at",
+        "device",
         "fmt",
         "holding",
         "last_seen",
@@ -93,9 +95,11 @@ class Connection:
         limit_frames: int,
         limit_bytes: int,
         remote: str | None = None,
+        device: str = "",
     ) -> None:
         self.conn_id = conn_id
         self.user_id = user_id
+        self.device = device  # "" unless several devices per user are allowed
         self.tags = tags
         self.meta = meta
         self.fmt = fmt
@@ -147,6 +151,10 @@ class Connection:
             self._outbox.mark(self)
         pending.append(frame)
         return True
+
+    def resend(self, entry: Unacked) -> bool:
+        """Send an unacked entry again (its sid and payload)."""
+        return self.send(self.fmt.build(entry.sid, entry.payload))
 
     def hold(self) -> None:
         """Queue frames without writing them until ``release``."""

@@ -15,6 +15,8 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from .ack import Unacked
 from .broker import Kept, Presence
 from .codec import BadFrame
@@ -41,7 +43,12 @@ class Rejected(Exception):
 def presence_of(conn: Connection, node_id: int) -> Presence:
     """What the cluster knows of a connection."""
     return Presence(
-        conn.user_id, node_id, conn.conn_id, tuple(sorted(conn.tags)), conn.connected_at
+        conn.user_id,
+        node_id,
+        conn.conn_id,
+        tuple(sorted(conn.tags)),
+        conn.connected_at,
+        conn.device,
     )
 
 
@@ -57,12 +64,17 @@ class Connections:
         result = await server.hooks.validate(server, request)
         if isinstance(result, Identity):
             opts = server.options
+            device = result.device or request.query.get("device", "")
             if len(result.user_id) > opts.max_user_id_length:
                 result = Reject(f"user id longer than {opts.max_user_id_length} characters", 400)
+            elif len(device) > opts.max_user_id_length:
+                result = Reject(f"device longer than {opts.max_user_id_length} characters", 400)
             elif len(result.tags) > opts.max_tags:
                 result = Reject(f"more than {opts.max_tags} tags", 400)
+            elif opts.max_connections_per_user == 1:
+                return attrs.evolve(result, device="")  # one device: it has no name
             else:
-                return result
+                return attrs.evolve(result, device=device)
         if not isinstance(result, Reject):
             result = Reject("no validate plugin accepted the credentials", 401)
         await server.hooks.validate_failed(server, request, result)
@@ -117,10 +129,10 @@ class Connections:
             limit_frames=opts.client_buffer,
             limit_bytes=opts.client_buffer_bytes,
             remote=remote,
+            device=identity.device,
         )
         conn.hold()  # pushes from now on wait behind what the user missed
-        old = server.buckets.add(conn)
-        if old is not None:
+        for old in server.buckets.add(conn, opts.max_connections_per_user):
             old.close(CloseCode.REPLACED, "replaced by a new login")
         server.tags.add(conn, identity.tags, time.time())
         broker = server.broker
@@ -143,10 +155,10 @@ class Connections:
         over by another node, parked in its inbox) and those the broker kept (a
         durable broker's copies, missed tag pushes)."""
         acks = self._server.acks
-        user, fmt = conn.user_id, conn.fmt
-        for k in kept:
-            acks.adopt(user, k.sid, k.payload, k.tries, k.at)  # None: tracked here already
-        pending = acks.pending(user)
+        user, device, fmt = conn.user_id, conn.device, conn.fmt
+        for k in kept:  # None: tracked here already
+            acks.adopt(user, k.sid, k.payload, k.tries, k.at, device)
+        pending = acks.owed(user, device)
         if kept:  # in the order they were pushed in (stable: ties keep the tracker's)
             pending.sort(key=lambda entry: entry.at)
         first: list[bytes] = []
@@ -198,7 +210,7 @@ class Connections:
             conn.close(CloseCode.BAD_FRAME, f"bad frame: {exc}")
             return
         for sid in frame.acks:
-            server.acks.ack(conn.user_id, sid)
+            server.acks.ack(conn.user_id, sid, conn.device)
         if frame.data is not None and server.hooks.has_receive:
             try:
                 await server.hooks.receive(server, conn, frame.data, binary)

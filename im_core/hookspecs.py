@@ -179,19 +179,27 @@ def im_receive(server: ServerAPI, conn: Connection, data: bytes, binary: bool) -
 
 
 @hookspec
-def im_acked(server: ServerAPI, user_id: str, sid: int) -> None:
+def im_acked(server: ServerAPI, user_id: str, sid: int, device: str) -> None:
     """``user_id`` acknowledged the push ``sid``; no more re-sends happen. Fires on
-    the node that tracked the receipt (see ``im_ack_outcome`` for the pushing node)."""
+    the node that tracked the receipt (see ``im_ack_outcome`` for the pushing node).
+    ``device``: which of the user's devices (each has its own ack state with
+    ``--max-connections-per-user`` above 1; otherwise empty)."""
 
 
 @hookspec
 def im_ack_expired(
-    server: ServerAPI, user_id: str, sid: int, payload: bytes, tries: int, reason: str
+    server: ServerAPI,
+    user_id: str,
+    sid: int,
+    payload: bytes,
+    tries: int,
+    reason: str,
+    device: str,
 ) -> None:
     """The push ``sid`` to ``user_id`` was not acknowledged: after ``tries`` sends
     (``reason="max_tries"``) or because the user stayed offline
     (``reason="offline"``). ``payload`` lets a backend store it for later. Fires on
-    the node that tracked the receipt."""
+    the node that tracked the receipt; ``device`` as for ``im_acked``."""
 
 
 @hookspec

@@ -36,6 +36,9 @@ class Identity:
     user_id: str = attrs.field(validator=_user_id)
     tags: tuple[str, ...] = attrs.field(default=(), converter=_tags)
     meta: Mapping[str, Any] = attrs.field(factory=dict)
+    #: Which of the user's devices this is (``--max-connections-per-user``); empty:
+    #: the connection's ``device`` query parameter, if any.
+    device: str = ""
 
 
 @attrs.frozen

@@ -32,21 +32,29 @@ class Node:
         tracks = server.acks.tracks
         if push.kind == "users":
             missing = []
-            get = server.buckets.get
+            of = server.buckets.of
             for user in push.users:
-                conn = get(user)
-                if conn is None:
+                mine = of(user)
+                if not mine:
                     missing.append(user)
                     continue
-                if track is not None and tracks(user, sid):
-                    continue  # read from the broker's copy on connect: sent already
-                frame = cache.get(conn.fmt)
-                if frame is None:
-                    frame = cache[conn.fmt] = conn.fmt.build(sid, payload)
-                if not conn.send(frame):
+                reached = False
+                fresh: set[str] = set()  # devices tracked by this delivery
+                for conn in mine:
+                    device = conn.device
+                    if track is not None and device not in fresh and tracks(user, sid, device):
+                        reached = True  # read from the broker's copy on connect: sent
+                        continue
+                    frame = cache.get(conn.fmt)
+                    if frame is None:
+                        frame = cache[conn.fmt] = conn.fmt.build(sid, payload)
+                    if conn.send(frame):
+                        reached = True
+                        if track is not None and device not in fresh:
+                            track(user, sid, payload, device).queued = conn.holding
+                            fresh.add(device)
+                if not reached:
                     missing.append(user)
-                elif track is not None:
-                    track(user, sid, payload).queued = conn.holding
             return missing
         if push.kind == "all":
             conns: Iterable[Connection] = list(server.buckets)
@@ -56,14 +64,20 @@ class Node:
             conns = server.tags.all_of(push.tags)
         fmt: Format | None = None
         frame = b""
+        tracked: set[tuple[str, str]] = set()  # (user, device) tracked by this delivery
         for conn in conns:
             if conn.fmt is not fmt:  # connections mostly share one format: skip the lookup
                 fmt = conn.fmt
                 frame = cache.get(fmt) or cache.setdefault(fmt, fmt.build(sid, payload))
-            if track is not None and tracks(conn.user_id, sid):
+            if track is None:
+                conn.send(frame)
                 continue
-            if conn.send(frame) and track is not None:
-                track(conn.user_id, sid, payload).queued = conn.holding
+            who = (conn.user_id, conn.device)
+            if who in tracked:
+                conn.send(frame)  # another connection sharing that ack state
+            elif not tracks(conn.user_id, sid, conn.device) and conn.send(frame):
+                track(conn.user_id, sid, payload, conn.device).queued = conn.holding
+                tracked.add(who)
         return []
 
     def local_presence(self, user_id: str) -> Presence | None:
@@ -75,30 +89,40 @@ class Node:
         server = self._server
         return len(server.buckets)
 
+    def local_connections(self) -> int:
+        return self._server.buckets.connections
+
+    def local_devices(self, user_id: str) -> list[Presence]:
+        server = self._server
+        return [presence_of(c, server.node_id) for c in server.buckets.of(user_id)]
+
     def local_distribution(self) -> dict[str, TagStat]:
         server = self._server
         return server.tags.distribution()
 
     def kick_local(self, user_id: str, code: int, reason: str, conn_id: str | None) -> bool:
         server = self._server
-        conn = server.buckets.get(user_id)
-        if conn is None or (conn_id is not None and conn.conn_id != conn_id):
-            return False
-        conn.close(code, reason)
-        return True
+        conns = [
+            c for c in server.buckets.of(user_id) if conn_id is None or c.conn_id == conn_id
+        ]
+        for conn in conns:
+            conn.close(code, reason)
+        return bool(conns)
 
     def retag_local(self, user_id: str, add: tuple[str, ...], remove: tuple[str, ...]) -> bool:
         server = self._server
-        conn = server.buckets.get(user_id)
-        if conn is None:
-            return False
-        if len((conn.tags - set(remove)) | set(add)) > server.options.max_tags:
-            raise InvalidArgument(
-                f"retag: {user_id!r} would have more than {server.options.max_tags} tags (max_tags)"
-            )
-        server.tags.remove(conn, remove)
-        server.tags.add(conn, add, time.time())
-        return True
+        conns = list(server.buckets.of(user_id))  # every device of the user
+        for conn in conns:
+            if len((conn.tags - set(remove)) | set(add)) > server.options.max_tags:
+                raise InvalidArgument(
+                    f"retag: {user_id!r} would have more than "
+                    f"{server.options.max_tags} tags (max_tags)"
+                )
+        now = time.time()
+        for conn in conns:
+            server.tags.remove(conn, remove)
+            server.tags.add(conn, add, now)
+        return bool(conns)
 
     def has_unacked(self, user_id: str) -> bool:
         server = self._server
@@ -112,13 +136,15 @@ class Node:
 
     def adopt_unacked(self, user_id: str, entries: list[Unacked]) -> None:
         server = self._server
-        conn = server.buckets.get(user_id)
+        acks = server.acks
         for handed in entries:
-            entry = server.acks.adopt(user_id, handed.sid, handed.payload, handed.tries)
+            device = handed.device
+            entry = acks.adopt(user_id, handed.sid, handed.payload, handed.tries, None, device)
+            conn = server.buckets.device(user_id, device)
             # A connection still being set up sends every adopted entry in order
             # once it is (``Connections.attach``).
             if entry is not None and conn is not None and not conn.holding:
-                server.acks.redeliver(entry, lambda e: conn.send(conn.fmt.build(e.sid, e.payload)))
+                acks.redeliver(entry, conn.resend)
 
     def ack_outcome(self, outcome: AckOutcome) -> None:
         server = self._server
@@ -135,9 +161,9 @@ class Node:
         if conn is None:
             return server.acks.park(user_id, sid, payload, ttl) is not None
         # Connected since the push found them offline: send it now, as an unacked entry.
-        entry = server.acks.adopt(user_id, sid, payload, 0)
+        entry = server.acks.adopt(user_id, sid, payload, 0, None, conn.device)
         if entry is not None:
-            server.acks.redeliver(entry, lambda e: conn.send(conn.fmt.build(e.sid, e.payload)))
+            server.acks.redeliver(entry, conn.resend)
         return True
 
     def expired(self, entry: Unacked, reason: str) -> None:

@@ -127,6 +127,10 @@ class Options:
         60.0, "seconds unacked messages wait for an offline user to return",
         converter=float, validator=positive,
     )
+    max_connections_per_user: int = option(
+        1, "connections one user may hold (1: a new login replaces the old one)",
+        converter=int, validator=positive,
+    )
     # The offline inbox (docs/protocol.md, "Offline inbox").
     store: bool = option(
         False, "keep pushes to offline users unless a push says store=false",

@@ -233,11 +233,20 @@ class Hooks:
     async def receive(self, server: Server, conn: Connection, data: bytes, binary: bool) -> None:
         await self._all(self._hook.im_receive, server=server, conn=conn, data=data, binary=binary)
 
-    async def acked(self, server: Server, user_id: str, sid: int) -> None:
-        await self._all(self._hook.im_acked, server=server, user_id=user_id, sid=sid)
+    async def acked(self, server: Server, user_id: str, sid: int, device: str = "") -> None:
+        await self._all(
+            self._hook.im_acked, server=server, user_id=user_id, sid=sid, device=device
+        )
 
     async def ack_expired(
-        self, server: Server, user_id: str, sid: int, payload: bytes, tries: int, reason: str
+        self,
+        server: Server,
+        user_id: str,
+        sid: int,
+        payload: bytes,
+        tries: int,
+        reason: str,
+        device: str = "",
     ) -> None:
         await self._all(
             self._hook.im_ack_expired,
@@ -247,6 +256,7 @@ class Hooks:
             payload=payload,
             tries=tries,
             reason=reason,
+            device=device,
         )
 
     async def ack_outcome(self, server: Server, outcome: AckOutcome) -> None:

@@ -69,6 +69,7 @@ class Stats:
     queue_capacity: int
     unacked: int
     tag_groups: int
+    online_connections: int
 
 
 class Server:
@@ -240,7 +241,7 @@ class Server:
     # --- acks ------------------------------------------------------------------------
 
     def _resend(self, entry: Unacked) -> bool:
-        conn = self.buckets.get(entry.user_id)
+        conn = self.buckets.device(entry.user_id, entry.device)
         if conn is None or not conn.send(conn.fmt.build(entry.sid, entry.payload)):
             return False
         entry.queued = conn.holding
@@ -249,8 +250,10 @@ class Server:
     def _acked(self, entry: Unacked) -> None:
         if self.broker is not None:
             self.broker.forget(entry.user_id, entry.sid)
-        self.spawn(self.hooks.acked(self, entry.user_id, entry.sid))
-        self._report(AckOutcome("acked", entry.user_id, entry.sid, entry.tries))
+        self.spawn(self.hooks.acked(self, entry.user_id, entry.sid, entry.device))
+        self._report(
+            AckOutcome("acked", entry.user_id, entry.sid, entry.tries, device=entry.device)
+        )
 
     def ack_expired(self, entry: Unacked, reason: str) -> None:
         """An unacked entry ran out: fire ``im_ack_expired`` and report the outcome."""
@@ -258,12 +261,13 @@ class Server:
             self.broker.forget(entry.user_id, entry.sid)
         self.spawn(
             self.hooks.ack_expired(
-                self, entry.user_id, entry.sid, entry.payload, entry.tries, reason
+                self, entry.user_id, entry.sid, entry.payload, entry.tries, reason, entry.device
             )
         )
-        self._report(
-            AckOutcome("expired", entry.user_id, entry.sid, entry.tries, reason, entry.payload)
+        outcome = AckOutcome(
+            "expired", entry.user_id, entry.sid, entry.tries, reason, entry.payload, entry.device
         )
+        self._report(outcome)
 
     def _report(self, outcome: AckOutcome) -> None:
         """Send the outcome to the node that allocated the sid (this one, usually)."""
@@ -398,8 +402,14 @@ class Server:
         return await self.broker.online_count()
 
     async def presence(self, user_id: str) -> Presence | None:
+        """The user's newest connection in the cluster, if any."""
         assert self.broker is not None
         return await self.broker.presence(user_id)
+
+    async def devices(self, user_id: str) -> list[Presence]:
+        """Every connection of the user in the cluster, oldest first."""
+        assert self.broker is not None
+        return await self.broker.devices(user_id)
 
     async def distribution(self) -> dict[str, TagStat]:
         assert self.broker is not None
@@ -421,14 +431,16 @@ class Server:
     # --- stats -------------------------------------------------------------------------
 
     async def stats(self) -> Stats:
+        assert self.broker is not None
         return Stats(
             node_id=self.node_id,
             online=await self.online_count(),
-            connections=len(self.buckets),
+            connections=self.buckets.connections,
             queue_length=self.queue_length,
             queue_capacity=self.options.broadcast_buffer,
             unacked=len(self.acks),
             tag_groups=len(self.tags.groups),
+            online_connections=await self.broker.connection_count(),
         )
 
 

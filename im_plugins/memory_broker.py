@@ -87,6 +87,14 @@ class MemoryBroker(Broker):
     async def presence(self, user_id: str) -> Presence | None:
         return self.node.local_presence(user_id)
 
+    async def devices(self, user_id: str) -> list[Presence]:
+        if await self.presence(user_id) is None:  # a subclass's presence rules apply
+            return []
+        return self.node.local_devices(user_id)
+
+    async def connection_count(self) -> int:
+        return self.node.local_connections()
+
     async def distribution(self) -> dict[str, TagStat]:
         return self.node.local_distribution()
 

@@ -178,18 +178,34 @@ class PresenceRequest(_message.Message):
     def __init__(self, user: _Optional[str] = ...) -> None: ...
 
 class PresenceReply(_message.Message):
-    __slots__ = ("online", "node_id", "conn_id", "tags", "connected_at")
+    __slots__ = ("online", "node_id", "conn_id", "tags", "connected_at", "devices")
     ONLINE_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CONN_ID_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_AT_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
     online: bool
     node_id: int
     conn_id: str
     tags: _containers.RepeatedScalarFieldContainer[str]
     connected_at: float
-    def __init__(self, online: _Optional[bool] = ..., node_id: _Optional[int] = ..., conn_id: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., connected_at: _Optional[float] = ...) -> None: ...
+    devices: _containers.RepeatedCompositeFieldContainer[Device]
+    def __init__(self, online: _Optional[bool] = ..., node_id: _Optional[int] = ..., conn_id: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., connected_at: _Optional[float] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
+
+class Device(_message.Message):
+    __slots__ = ("device", "node_id", "conn_id", "tags", "connected_at")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CONN_ID_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_AT_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    node_id: int
+    conn_id: str
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    connected_at: float
+    def __init__(self, device: _Optional[str] = ..., node_id: _Optional[int] = ..., conn_id: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., connected_at: _Optional[float] = ...) -> None: ...
 
 class RetagRequest(_message.Message):
     __slots__ = ("user", "add", "remove")
@@ -230,7 +246,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsReply(_message.Message):
-    __slots__ = ("node_id", "online", "connections", "queue_length", "queue_capacity", "unacked", "tag_groups")
+    __slots__ = ("node_id", "online", "connections", "queue_length", "queue_capacity", "unacked", "tag_groups", "online_connections")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ONLINE_FIELD_NUMBER: _ClassVar[int]
     CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -238,6 +254,7 @@ class StatsReply(_message.Message):
     QUEUE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
     UNACKED_FIELD_NUMBER: _ClassVar[int]
     TAG_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     online: int
     connections: int
@@ -245,24 +262,27 @@ class StatsReply(_message.Message):
     queue_capacity: int
     unacked: int
     tag_groups: int
-    def __init__(self, node_id: _Optional[int] = ..., online: _Optional[int] = ..., connections: _Optional[int] = ..., queue_length: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., unacked: _Optional[int] = ..., tag_groups: _Optional[int] = ...) -> None: ...
+    online_connections: int
+    def __init__(self, node_id: _Optional[int] = ..., online: _Optional[int] = ..., connections: _Optional[int] = ..., queue_length: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., unacked: _Optional[int] = ..., tag_groups: _Optional[int] = ..., online_connections: _Optional[int] = ...) -> None: ...
 
 class AckEventsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class AckEvent(_message.Message):
-    __slots__ = ("outcome", "user", "sid", "tries", "reason", "data")
+    __slots__ = ("outcome", "user", "sid", "tries", "reason", "data", "device")
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     SID_FIELD_NUMBER: _ClassVar[int]
     TRIES_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     outcome: Outcome
     user: str
     sid: int
     tries: int
     reason: str
     data: bytes
-    def __init__(self, outcome: _Optional[_Union[Outcome, str]] = ..., user: _Optional[str] = ..., sid: _Optional[int] = ..., tries: _Optional[int] = ..., reason: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+    device: str
+    def __init__(self, outcome: _Optional[_Union[Outcome, str]] = ..., user: _Optional[str] = ..., sid: _Optional[int] = ..., tries: _Optional[int] = ..., reason: _Optional[str] = ..., data: _Optional[bytes] = ..., device: _Optional[str] = ...) -> None: ...

@@ -97,15 +97,26 @@ class ImMethods:
         return pb.KickReply()
 
     async def Presence(self, request: pb.PresenceRequest) -> pb.PresenceReply:
-        found = await self.server.presence(request.user)
-        if found is None:  # node ids start at 0: an offline user is on node -1 (none)
+        devices = await self.server.devices(request.user)
+        if not devices:  # node ids start at 0: an offline user is on node -1 (none)
             return pb.PresenceReply(online=False, node_id=NO_NODE)
+        newest = max(devices, key=lambda d: d.connected_at)
         return pb.PresenceReply(
             online=True,
-            node_id=found.node_id,
-            conn_id=found.conn_id,
-            tags=found.tags,
-            connected_at=found.connected_at,
+            node_id=newest.node_id,
+            conn_id=newest.conn_id,
+            tags=newest.tags,
+            connected_at=newest.connected_at,
+            devices=[
+                pb.Device(
+                    device=d.device,
+                    node_id=d.node_id,
+                    conn_id=d.conn_id,
+                    tags=d.tags,
+                    connected_at=d.connected_at,
+                )
+                for d in devices
+            ],
         )
 
     async def Retag(self, request: pb.RetagRequest) -> pb.RetagReply:
@@ -134,4 +145,5 @@ def ack_event(outcome: AckOutcome) -> pb.AckEvent:
         tries=outcome.tries,
         reason=outcome.reason,
         data=outcome.payload,
+        device=outcome.device,
     )

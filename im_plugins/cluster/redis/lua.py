@@ -209,11 +209,10 @@ end
 return kept
 """
 
-# Drop entries. ARGV: prefix, then user, sid pairs.
-FORGET = """
-local p = ARGV[1]
-for i = 2, #ARGV, 2 do
-  local u, sid = ARGV[i], ARGV[i + 1]
+# Drop one kept entry (the inbox and its bytes; the due set is the caller's):
+# its value, or nil. Shared by FORGET and SWEEP.
+_DROP = """
+local function drop(p, u, sid)
   local key = p..':inbox:'..u
   local v = redis.call('HGET', key, sid)
   if v then
@@ -221,6 +220,16 @@ for i = 2, #ARGV, 2 do
     redis.call('HINCRBY', key, '-', 18 - #v)
     if redis.call('HLEN', key) <= 1 then redis.call('DEL', key) end
   end
+  return v
+end
+"""
+
+# Drop entries. ARGV: prefix, then user, sid pairs.
+FORGET = _DROP + """
+local p = ARGV[1]
+for i = 2, #ARGV, 2 do
+  local u, sid = ARGV[i], ARGV[i + 1]
+  drop(p, u, sid)
   redis.call('ZREM', p..':inbox_due', sid..':'..u)
 end
 return 0
@@ -256,7 +265,7 @@ return {kept, seen or '', pushes}
 # Claim expired entries of offline users. ARGV: prefix, now_ms, limit, recheck_ms.
 # An online user's entry is its node's to expire: looked at again after recheck_ms.
 # Returns user, sid, value triples.
-SWEEP = """
+SWEEP = _DROP + """
 local p, now, limit, recheck = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local due = p..':inbox_due'
 local out = {}
@@ -267,12 +276,8 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, lim
     redis.call('ZADD', due, tonumber(now) + recheck, m)
   else
     redis.call('ZREM', due, m)
-    local key = p..':inbox:'..u
-    local v = redis.call('HGET', key, sid)
+    local v = drop(p, u, sid)
     if v then
-      redis.call('HDEL', key, sid)
-      redis.call('HINCRBY', key, '-', 18 - #v)
-      if redis.call('HLEN', key) <= 1 then redis.call('DEL', key) end
       out[#out + 1] = u
       out[#out + 1] = sid
       out[#out + 1] = v

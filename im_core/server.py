@@ -25,7 +25,7 @@ from .bucket import Buckets
 from .codec import Codec
 from .connection import Outbox
 from .connections import Connections
-from .errors import CloseCode, InvalidArgument, NotFound, PayloadTooLarge
+from .errors import CloseCode, InvalidArgument, NotFound, PayloadTooLarge, Unavailable
 from .local_node import Node
 from .options import Options, flag
 from .outcomes import OutcomeFeed
@@ -321,9 +321,13 @@ class Server:
             # that delivers it loses nothing (docs/cluster.md, "Durable acks"). The
             # broker holds one copy per user: past --inbox-max-push-bytes of copies
             # the push is not kept (acks as on one node; offline users are missing).
-            copies = len(users) * len(push.payload)
-            keep = copies <= opts.inbox_max_push_bytes
-            kept = set(await broker.keep(push, users, ttl, store)) if keep else set()
+            kept: set[str] = set()
+            if len(users) * len(push.payload) <= opts.inbox_max_push_bytes:
+                try:
+                    kept = set(await broker.keep(push, users, ttl, store))
+                except Unavailable:
+                    pass  # delivered as on one node; the outage is logged once
+
             missing = await broker.publish(push)
             stored = [u for u in missing if u in kept] if store else []
             for user in missing:

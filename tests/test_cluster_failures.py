@@ -123,6 +123,13 @@ async def test_broker_restart_is_survived(
     # Local connections stay and local pushes still work.
     assert (await a.push("alice", b"local")).missing == ()
     assert (await alice.receive()).data == b"local"
+    # An acked push too: not kept in the broker now, but delivered and tracked here.
+    acked = await a.push("alice", b"acked", ack=True)
+    assert acked.missing == () and acked.sid
+    got = await alice.receive()
+    assert (got.sid, got.data) == (acked.sid, b"acked")
+    await alice.ack(got.sid)
+    await eventually(lambda: not a.acks.has("alice"))
     a.broadcast(b"only here")  # a broadcast still reaches the node's own users
     assert (await alice.receive()).data == b"only here"
     # Calls that need the broker fail fast instead of hanging.

@@ -62,6 +62,7 @@ MAX_OUTGOING = 4096  # queued broadcasts/tag pushes before publish waits for the
 FIRST_RETRY, LAST_RETRY = 0.05, 2.0  # backoff of the recovery loop, seconds
 SWEEP_EVERY = 1.0  # seconds between sweeps of expired kept entries
 SWEEP_BATCH = 500  # expired entries claimed per sweep round trip
+MAX_FORGOTTEN = 100_000  # acked/expired entries waiting for the broker to come back
 
 
 def merge_distribution(parts: Iterable[dict[str, TagStat]]) -> dict[str, TagStat]:
@@ -253,15 +254,21 @@ class ClusterBroker(Broker):
 
     async def _forget_all(self) -> None:
         """Drop acked and expired entries, batched: one round trip for all that
-        ended meanwhile. One that cannot be dropped (outage) stays until it
-        expires; a later connect may re-send it (clients are idempotent on sid)."""
+        ended meanwhile. During an outage they wait (the newest ``MAX_FORGOTTEN``)
+        and go when the broker is back: a copy left behind would be re-sent on a
+        later connect, or swept and reported expired after it was acked."""
+        delay = FIRST_RETRY
         while self._forgotten and not self._stopping:
             batch, self._forgotten = self._forgotten, []
             try:
                 async with self.health.guard("forget"):
                     await self._forget(batch)
+                delay = FIRST_RETRY
             except Unavailable as exc:
-                log.debug("%d kept entries not dropped: %s", len(batch), exc)
+                self._forgotten = (batch + self._forgotten)[-MAX_FORGOTTEN:]
+                log.debug("%d kept entries not dropped yet: %s", len(batch), exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, LAST_RETRY)
 
     async def owed(self, user_id: str, tags: tuple[str, ...]) -> list[Kept]:
         horizon = now_ms() + int(self.unacked_ttl * 1000)

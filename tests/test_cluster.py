@@ -157,6 +157,31 @@ async def _count_is(server: Server, n: int) -> bool:
     return await server.online_count() == n
 
 
+async def test_every_read_of_the_count_and_distribution_is_exact(
+    node: Node, connect: Connect
+) -> None:
+    """Nodes rewrite their entries (heartbeats) while others read them: no read may
+    miss a node or wait for the next write."""
+    a, b = await node(), await node()
+    await connect(a, "alice", tags=["t"])
+    await connect(b, "bob", tags=["t"])
+
+    async def exact(server: Server) -> bool:
+        dist = {t: s.number for t, s in (await server.distribution()).items()}
+        return await _count_is(server, 2) and dist == {"t": 2}
+
+    async def both_exact() -> bool:
+        return await exact(a) and await exact(b)
+
+    await eventually(both_exact)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + float(a.options.plugin["presence_ttl"])  # three heartbeats
+    reads = 0
+    while loop.time() < end:
+        assert await exact((a, b)[reads % 2]), f"read {reads}"
+        reads += 1
+
+
 async def test_second_login_on_another_node_replaces_the_first(
     node: Node, connect: Connect
 ) -> None:

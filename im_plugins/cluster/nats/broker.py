@@ -444,10 +444,15 @@ class NatsBroker(ClusterBroker):
 
     async def _nodes(self) -> list[dict[str, Any]]:
         self._check()
-        try:
-            keys = await self.nodes_kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
+        # The keys from the stream's state, not ``KeyValue.keys()``: that one reads
+        # them through a consumer and stops at the first entry said to be the last
+        # (nothing pending). The server's pending count is not exact while entries
+        # are rewritten, so it missed live nodes (a wrong count) or waited for the
+        # next write to the bucket, past broker_timeout when nodes are quiet.
+        bucket = f"{self.prefix}_nodes"
+        subjects = f"$KV.{bucket}."  # JetStream's naming of a KV bucket's stream
+        info = await self.js.stream_info(f"KV_{bucket}", subjects_filter=subjects + ">")
+        keys = [subject[len(subjects) :] for subject in info.state.subjects or ()]
         entries = await asyncio.gather(*(self._get(self.nodes_kv, k) for k in keys))
         return [orjson.loads(e.value) for e in entries if e is not None and e.value]
 

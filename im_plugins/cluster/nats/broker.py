@@ -442,17 +442,20 @@ class NatsBroker(ClusterBroker):
 
     # --- cluster-wide queries ----------------------------------------------------------
 
-    async def _nodes(self) -> list[dict[str, Any]]:
-        self._check()
-        # The keys from the stream's state, not ``KeyValue.keys()``: that one reads
-        # them through a consumer and stops at the first entry said to be the last
-        # (nothing pending). The server's pending count is not exact while entries
-        # are rewritten, so it missed live nodes (a wrong count) or waited for the
-        # next write to the bucket, past broker_timeout when nodes are quiet.
-        bucket = f"{self.prefix}_nodes"
+    async def _keys(self, name: str) -> list[str]:
+        """The keys of bucket ``name``, from the stream's state, not
+        ``KeyValue.keys()``: that one reads them through a consumer and stops at the
+        first entry said to be the last (nothing pending). The server's pending count
+        is not exact while entries are rewritten, so it missed keys (a wrong count) or
+        waited for the next write to the bucket, past broker_timeout when it is quiet."""
+        bucket = f"{self.prefix}_{name}"
         subjects = f"$KV.{bucket}."  # JetStream's naming of a KV bucket's stream
         info = await self.js.stream_info(f"KV_{bucket}", subjects_filter=subjects + ">")
-        keys = [subject[len(subjects) :] for subject in info.state.subjects or ()]
+        return [subject[len(subjects) :] for subject in info.state.subjects or ()]
+
+    async def _nodes(self) -> list[dict[str, Any]]:
+        self._check()
+        keys = await self._keys("nodes")
         entries = await asyncio.gather(*(self._get(self.nodes_kv, k) for k in keys))
         return [orjson.loads(e.value) for e in entries if e is not None and e.value]
 
@@ -547,10 +550,7 @@ class NatsBroker(ClusterBroker):
 
     async def _sweep(self, now: int, limit: int) -> list[tuple[str, Entry]]:
         self._check()
-        try:
-            keys = await self.inbox_kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
+        keys = await self._keys("inbox")
         users = [user_of(k) for k in keys]
         values = await gather_bounded([self._get(self.inbox_kv, k) for k in keys])
         due = [

@@ -270,11 +270,14 @@ class ClusterBroker(Broker):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, LAST_RETRY)
 
+    def horizon(self) -> int:
+        """Until when (unix ms) a node that reads a user's kept entries now tracks them."""
+        return now_ms() + int(self.unacked_ttl * 1000)
+
     async def owed(self, user_id: str, tags: tuple[str, ...]) -> list[Kept]:
-        horizon = now_ms() + int(self.unacked_ttl * 1000)
         try:
             async with self.health.guard("inbox"):
-                entries, since, candidates = await self._owed(user_id, tags, horizon)
+                entries, since, candidates = await self._owed(user_id, tags, self.horizon())
         except Unavailable:
             return []  # the connection goes on; they stay for a later one (or expire)
         owed = [e.kept() for e in entries]

@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import logging
 import os
+import time
 from typing import Any
 
 import orjson
@@ -60,6 +61,11 @@ class RedisBroker(ClusterBroker):
         self._waiting: dict[int, asyncio.Future[wire.Message]] = {}
         self._registered_tags: set[str] = set()
         self._pubsub: PubSub | None = None
+        # user -> (when, what REGISTER read for them), until their connection asks
+        # (``_owed``); an older read (a login that failed in between) is read again.
+        self._owed_read: dict[
+            str, tuple[float, tuple[list[Entry], float | None, list[TagKept]]]
+        ] = {}
 
     def _client(self, socket_timeout: float | None) -> aioredis.Redis:
         # No client-side retries: an outage must surface at once as UNAVAILABLE. A
@@ -259,14 +265,19 @@ class RedisBroker(ClusterBroker):
         return found
 
     async def _register(self, presence: Presence) -> tuple[Presence | None, set[int]]:
-        old, held = await self._script(
+        user = presence.user_id
+        old, held, owed = await self._script(
             self.s["REGISTER"],
             self.node_id,
-            presence.user_id,
+            user,
             presence_value(presence),
+            self.horizon(),
             *presence.tags,
         )
-        before = None if old is None else parse_presence(presence.user_id, old)
+        # What the user is owed was read with the registration: ``_owed`` hands it
+        # to the connection that asks next (one round trip per login, not two).
+        self._owed_read[user] = (time.monotonic(), self._parse_owed(owed))
+        before = None if old is None else parse_presence(user, old)
         return before, {int(n) for n in held}
 
     async def _hold(self, user: str) -> None:
@@ -277,7 +288,14 @@ class RedisBroker(ClusterBroker):
             await pipe.execute()
 
     async def _unregister(self, presence: Presence) -> None:
-        await self._script(self.s["UNREGISTER"], self.node_id, presence.user_id, login_of(presence))
+        await self._script(
+            self.s["UNREGISTER"],
+            self.node_id,
+            presence.user_id,
+            login_of(presence),
+            repr(time.time()),
+            int(self.inbox_ttl * 1000),
+        )
 
     async def _update(self, presence: Presence) -> None:
         await self._script(
@@ -368,7 +386,14 @@ class RedisBroker(ClusterBroker):
     async def _owed(
         self, user: str, tags: tuple[str, ...], horizon: int
     ) -> tuple[list[Entry], float | None, list[TagKept]]:
-        flat, seen, pushes = await self._script(self.s["OWED"], user, horizon, *tags)
+        read = self._owed_read.pop(user, None)
+        if read is not None and time.monotonic() - read[0] < self.timeout:
+            return read[1]  # read with this login's registration just now
+        return self._parse_owed(await self._script(self.s["OWED"], user, horizon, *tags))
+
+    @staticmethod
+    def _parse_owed(reply: list[Any]) -> tuple[list[Entry], float | None, list[TagKept]]:
+        flat, seen, pushes = reply
         pairs = zip(flat[::2], flat[1::2], strict=True)
         entries = [unpack_value(int(sid), value) for sid, value in pairs]
         if not seen:
@@ -386,7 +411,7 @@ class RedisBroker(ClusterBroker):
             await pipe.execute()
 
     async def _saw(self, user: str, now: float) -> None:
-        await self.redis.set(self._key("seen", user), repr(now), px=int(self.inbox_ttl * 1000))
+        pass  # written by UNREGISTER, in the same round trip
 
     async def _sweep(self, now: int, limit: int) -> list[tuple[str, Entry]]:
         recheck = int(self.ttl * 1000)

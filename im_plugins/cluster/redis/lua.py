@@ -75,29 +75,61 @@ redis.call('SADD', ARGV[1]..':nodes', ARGV[2])
 return 2
 """
 
-# ARGV: prefix, id, user, value, tags... -> {the entry it replaced (or nil), the
-# nodes holding unacked entries of the user (their markers are dropped)}
-REGISTER = """
+# What a connecting user is owed (a Lua function, shared by REGISTER and OWED):
+# their kept entries (now tracked by the reading node: none expires before the
+# horizon), when they were last seen ('' if not within the ttl) and, if seen, the
+# kept pushes of the tags ARGV[first..]. Returns {{sid, value, ...}, seen, {push, ...}}.
+_OWED = """
+local function owed(p, u, horizon, first)
+  local flat = redis.call('HGETALL', p..':inbox:'..u)
+  local kept = {}
+  for i = 1, #flat, 2 do
+    if flat[i] ~= '-' then
+      redis.call('ZADD', p..':inbox_due', 'GT', horizon, flat[i]..':'..u)
+      kept[#kept + 1] = flat[i]
+      kept[#kept + 1] = flat[i + 1]
+    end
+  end
+  local seen = redis.call('GET', p..':seen:'..u)
+  local pushes = {}
+  if seen then
+    for i = first, #ARGV do
+      for _, v in ipairs(redis.call('LRANGE', p..':tagbox:'..ARGV[i], 0, -1)) do
+        pushes[#pushes + 1] = v
+      end
+    end
+  end
+  return {kept, seen or '', pushes}
+end
+"""
+
+# ARGV: prefix, id, user, value, horizon_ms, tags... -> {the entry it replaced (or
+# nil), the nodes holding unacked entries of the user (their markers are dropped),
+# what the user is owed (``_OWED``; read in the same step, so nothing kept before
+# the login is missed and nothing kept after it is owed twice)}
+REGISTER = _OWED + """
 local p, me, u = ARGV[1], ARGV[2], ARGV[3]
 local old = redis.call('HGET', p..':presence', u)
 redis.call('HSET', p..':presence', u, ARGV[4])
 redis.call('SADD', p..':users:'..me, u)
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   redis.call('SADD', p..':tag:'..ARGV[i], me)
   redis.call('SADD', p..':tags:'..me, ARGV[i])
 end
 local held = redis.call('SMEMBERS', p..':held:'..u)
 if #held > 0 then redis.call('DEL', p..':held:'..u) end
-return {old, held}
+return {old or false, held, owed(p, u, ARGV[5], 6)}
 """
 
-# ARGV: prefix, id, user, login ("N|conn_id|"): drop the entry only if it is still
-# this login's (whatever its tags: a retag rewrites them)
+# ARGV: prefix, id, user, login ("N|conn_id|"), now (unix s), seen ttl_ms: drop the
+# entry only if it is still this login's (whatever its tags: a retag rewrites them);
+# record when the user was last seen (stored tag pushes).
 UNREGISTER = """
 local p, u, login = ARGV[1], ARGV[3], ARGV[4]
 local v = redis.call('HGET', p..':presence', u)
 if v and string.sub(v, 1, #login) == login then redis.call('HDEL', p..':presence', u) end
 redis.call('SREM', p..':users:'..ARGV[2], u)
+redis.call('SET', p..':seen:'..u, ARGV[5], 'PX', ARGV[6])
 return 1
 """
 
@@ -235,31 +267,10 @@ end
 return 0
 """
 
-# What a connecting user is owed, in one round trip: their entries (now tracked by
-# the reading node: none expires before the horizon), when they were last seen
-# ('' if not within the ttl) and, if seen, the kept pushes of their tags.
-# ARGV: prefix, user, horizon_ms, tags... Returns {{sid, value, ...}, seen, {push, ...}}.
-OWED = """
-local p, u, horizon = ARGV[1], ARGV[2], ARGV[3]
-local flat = redis.call('HGETALL', p..':inbox:'..u)
-local kept = {}
-for i = 1, #flat, 2 do
-  if flat[i] ~= '-' then
-    redis.call('ZADD', p..':inbox_due', 'GT', horizon, flat[i]..':'..u)
-    kept[#kept + 1] = flat[i]
-    kept[#kept + 1] = flat[i + 1]
-  end
-end
-local seen = redis.call('GET', p..':seen:'..u)
-local pushes = {}
-if seen then
-  for i = 4, #ARGV do
-    for _, v in ipairs(redis.call('LRANGE', p..':tagbox:'..ARGV[i], 0, -1)) do
-      pushes[#pushes + 1] = v
-    end
-  end
-end
-return {kept, seen or '', pushes}
+# What a connecting user is owed, when REGISTER could not tell (it failed during an
+# outage). ARGV: prefix, user, horizon_ms, tags...
+OWED = _OWED + """
+return owed(ARGV[1], ARGV[2], ARGV[3], 4)
 """
 
 # Claim expired entries of offline users. ARGV: prefix, now_ms, limit, recheck_ms.

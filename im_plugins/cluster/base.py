@@ -50,6 +50,7 @@ from im_core.errors import InvalidArgument, Unavailable
 from im_core.tags import TagStat
 
 from . import wire
+from .batched import Batched
 from .health import Health
 from .inbox import Entry, now_ms
 from .outcomes import OutcomeSender
@@ -58,6 +59,7 @@ from .peer import Peer
 log = logging.getLogger("im.cluster")
 
 R = TypeVar("R", bound=wire.Reply)
+KeepRequest = tuple[list[str], Entry, bool]  # users, entry, bounded
 MAX_OUTGOING = 4096  # queued broadcasts/tag pushes before publish waits for the broker
 FIRST_RETRY, LAST_RETRY = 0.05, 2.0  # backoff of the recovery loop, seconds
 SWEEP_EVERY = 1.0  # seconds between sweeps of expired kept entries
@@ -110,6 +112,7 @@ class ClusterBroker(Broker):
         self.dropped = 0  # broadcasts/tag pushes that reached only this node (outage)
         self._outgoing: list[tuple[Push, bytes]] = []
         self._sender: asyncio.Task[None] | None = None
+        self._keeps: Batched[KeepRequest, list[str]] = Batched(self._keep_many, self.spawn)
         self._forgotten: list[tuple[str, int]] = []
         self._forgetter: asyncio.Task[None] | None = None
         self.inbox_max_messages = int(options.get("inbox_max_messages") or 100)
@@ -245,7 +248,11 @@ class ClusterBroker(Broker):
         now = now_ms()
         entry = Entry(push.sid, now, now + int(ttl * 1000), 0, push.payload)
         async with self.health.guard("keep"):
-            return await self._keep(list(users), entry, bounded)
+            return await self._keeps((list(users), entry, bounded))
+
+    async def _keep_many(self, requests: list[KeepRequest]) -> list[list[str]]:
+        """Several ``_keep`` calls; a broker that can pipeline them overrides this."""
+        return [await self._keep(*request) for request in requests]
 
     def forget(self, user_id: str, sid: int) -> None:
         self._forgotten.append((user_id, sid))

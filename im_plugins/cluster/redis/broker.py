@@ -378,6 +378,26 @@ class RedisBroker(ClusterBroker):
             kept += (u.decode() for u in done)
         return kept
 
+    async def _keep_many(self, requests: list[tuple[list[str], Entry, bool]]) -> list[list[str]]:
+        # One pipeline for every push kept meanwhile (acked pushes in a stream).
+        owner: list[int] = []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for i, (users, entry, bounded) in enumerate(requests):
+                value = pack_value(entry.kept_ms, entry.expires_ms, entry.tries, entry.payload)
+                for j in range(0, len(users), CHUNK):
+                    args = [
+                        self.prefix, entry.sid, entry.expires_ms, "1" if bounded else "0",
+                        self.inbox_max_messages, self.inbox_max_bytes, value,
+                        *users[j : j + CHUNK],
+                    ]  # fmt: skip
+                    await self.s["KEEP"](args=args, client=pipe)
+                    owner.append(i)
+            replies = await pipe.execute()
+        kept: list[list[str]] = [[] for _ in requests]
+        for i, reply in zip(owner, replies, strict=True):
+            kept[i] += (u.decode() for u in reply)
+        return kept
+
     async def _forget(self, batch: list[tuple[str, int]]) -> None:
         for i in range(0, len(batch), CHUNK):
             pairs = batch[i : i + CHUNK]

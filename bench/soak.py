@@ -103,6 +103,8 @@ RSS_GROWTH_MAX = 1.10
 RECONNECT_DELAY = (0.1, 2.0)  # s a churned user stays away, well under keep-offline
 KINDS = {"u": "unicast", "a": "unicast_ack", "t": "tag", "b": "broadcast"}
 LOST_KEPT = 20  # lost pushes listed in the result, per cycle
+LATE = 0.1  # s: unicast pushes slower than this are listed, up to LATE_KEPT
+LATE_KEPT = 200
 
 
 @dataclass(slots=True)
@@ -522,16 +524,17 @@ class Cycle:
             self.anomalies["no answer to our close"] += self.close_timeouts
         if self.connect_failures:
             self.anomalies["connect failures"] += self.connect_failures
-        latencies = sorted(
-            (self.first_rx[p.pid] - p.sent) * 1000
-            for p in self.pushes.values()
-            if p.kind in "ua" and p.pid in self.first_rx
-        )
+        unicast = [p for p in self.pushes.values() if p.kind in "ua" and p.status == "delivered"]
+        latencies = sorted((self.first_rx[p.pid] - p.sent) * 1000 for p in unicast)
+        answers = sorted((p.answered - p.sent) * 1000 for p in unicast)
         p50, p99 = quantile(latencies, 0.5), quantile(latencies, 0.99)
         return {
             "pushes_per_s": self.rates(),
             "unicast_p50_ms": round(p50, 2) if p50 is not None else None,
             "unicast_p99_ms": round(p99, 2) if p99 is not None else None,
+            "unicast_answer_p50_ms": round(quantile(answers, 0.5) or 0.0, 2),
+            "unicast_answer_p99_ms": round(quantile(answers, 0.99) or 0.0, 2),
+            "late": self.late(unicast),
             "verdicts": {k: dict(v) for k, v in verdicts.items()},
             "losses": sum(v["lost"] for v in verdicts.values()),
             "lost": lost[:LOST_KEPT],
@@ -542,6 +545,21 @@ class Cycle:
             "anomalies": dict(self.anomalies),
             "api_errors": dict(self.errors),
         }
+
+    def late(self, unicast: list[Push]) -> list[list[float]]:
+        """Unicast pushes slower than LATE to the client: [s since the first push,
+        ms to the API answer, ms to the client], to tell a stall from noise."""
+        start = min((p.sent for p in self.pushes.values()), default=0.0)
+        out = [
+            [
+                round(p.sent - start, 2),
+                round((p.answered - p.sent) * 1000, 1),
+                round((self.first_rx[p.pid] - p.sent) * 1000, 1),
+            ]
+            for p in unicast
+            if self.first_rx[p.pid] - p.sent >= LATE
+        ]
+        return out[:LATE_KEPT]
 
     def rates(self) -> dict[str, float]:
         """Answered pushes per second of each kind, over the span its pushes were sent
@@ -718,6 +736,10 @@ def table(result: dict[str, Any]) -> str:
         lambda c: f"{c['unicast_p50_ms']} / {c['unicast_p99_ms']}",
     )
     row(
+        "unicast push -> API answer p50 / p99, ms",
+        lambda c: f"{c['unicast_answer_p50_ms']} / {c['unicast_answer_p99_ms']}",
+    )
+    row(
         "ack outcomes",
         lambda c: ", ".join(f"{n(v)} {k}" for k, v in sorted(c["ack_outcomes"].items())) or "-",
     )
@@ -733,8 +755,11 @@ def table(result: dict[str, Any]) -> str:
     row("anomalies", lambda c: ", ".join(f"{k} {v}" for k, v in c["anomalies"].items()) or "none")
     row("API errors", lambda c: n(sum(c["api_errors"].values())))
     row(
-        "server CPU during load (others on its core)",
-        lambda c: f"{c['server_busy']:.2f} ({c['others_on_core']:.2f})",
+        "CPU during load: server (others on its core) / harness (others on its core)",
+        lambda c: (
+            f"{c['server_busy']:.2f} ({c['others_on_core']:.2f}) / "
+            f"{c['loadgen_busy']:.2f} ({c['others_on_loadgen_core']:.2f})"
+        ),
     )
     row("server RSS after settle, MB (peak)", lambda c: f"{c['rss_mb']} ({c['rss_peak_mb']})")
     row(

@@ -547,19 +547,22 @@ class Cycle:
         }
 
     def late(self, unicast: list[Push]) -> list[list[float]]:
-        """Unicast pushes slower than LATE to the client: [s since the first push,
-        ms to the API answer, ms to the client], to tell a stall from noise."""
+        """The LATE_KEPT slowest unicast pushes over LATE to the client, in send
+        order: [s since the first push, ms to the API answer, ms to the client], to
+        tell a stall (a cluster) from noise and the API's share from the socket's."""
         start = min((p.sent for p in self.pushes.values()), default=0.0)
-        out = [
+        slow = sorted(
+            (p for p in unicast if self.first_rx[p.pid] - p.sent >= LATE),
+            key=lambda p: self.first_rx[p.pid] - p.sent,
+        )[-LATE_KEPT:]
+        return [
             [
                 round(p.sent - start, 2),
                 round((p.answered - p.sent) * 1000, 1),
                 round((self.first_rx[p.pid] - p.sent) * 1000, 1),
             ]
-            for p in unicast
-            if self.first_rx[p.pid] - p.sent >= LATE
+            for p in sorted(slow, key=lambda p: p.sent)
         ]
-        return out[:LATE_KEPT]
 
     def rates(self) -> dict[str, float]:
         """Answered pushes per second of each kind, over the span its pushes were sent

@@ -524,9 +524,9 @@ class Cycle:
             self.anomalies["no answer to our close"] += self.close_timeouts
         if self.connect_failures:
             self.anomalies["connect failures"] += self.connect_failures
-        unicast = [p for p in self.pushes.values() if p.kind in "ua" and p.status == "delivered"]
-        latencies = sorted((self.first_rx[p.pid] - p.sent) * 1000 for p in unicast)
-        answers = sorted((p.answered - p.sent) * 1000 for p in unicast)
+        received = [p for p in self.pushes.values() if p.kind in "ua" and p.pid in self.first_rx]
+        latencies = sorted((self.first_rx[p.pid] - p.sent) * 1000 for p in received)
+        answers = sorted((p.answered - p.sent) * 1000 for p in received)
         p50, p99 = quantile(latencies, 0.5), quantile(latencies, 0.99)
         return {
             "pushes_per_s": self.rates(),
@@ -534,7 +534,7 @@ class Cycle:
             "unicast_p99_ms": round(p99, 2) if p99 is not None else None,
             "unicast_answer_p50_ms": round(quantile(answers, 0.5) or 0.0, 2),
             "unicast_answer_p99_ms": round(quantile(answers, 0.99) or 0.0, 2),
-            "late": self.late(unicast),
+            "late": self.late(received),
             "verdicts": {k: dict(v) for k, v in verdicts.items()},
             "losses": sum(v["lost"] for v in verdicts.values()),
             "lost": lost[:LOST_KEPT],
@@ -546,13 +546,13 @@ class Cycle:
             "api_errors": dict(self.errors),
         }
 
-    def late(self, unicast: list[Push]) -> list[list[float]]:
+    def late(self, received: list[Push]) -> list[list[float]]:
         """The LATE_KEPT slowest unicast pushes over LATE to the client, in send
         order: [s since the first push, ms to the API answer, ms to the client], to
         tell a stall (a cluster) from noise and the API's share from the socket's."""
         start = min((p.sent for p in self.pushes.values()), default=0.0)
         slow = sorted(
-            (p for p in unicast if self.first_rx[p.pid] - p.sent >= LATE),
+            (p for p in received if self.first_rx[p.pid] - p.sent >= LATE),
             key=lambda p: self.first_rx[p.pid] - p.sent,
         )[-LATE_KEPT:]
         return [

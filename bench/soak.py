@@ -489,6 +489,7 @@ class Cycle:
             by_tag.setdefault(u.tag, []).append(u)
         verdicts: dict[str, Counter[str]] = {k: Counter() for k in KINDS.values()}
         lost: list[dict[str, Any]] = []
+        unseen: list[dict[str, Any]] = []  # unicast expired or excused, never received
         outcomes: Counter[str] = Counter()
         for push in self.pushes.values():
             kind = KINDS[push.kind]
@@ -505,6 +506,8 @@ class Cycle:
                 verdicts[kind][verdict] += 1
                 if verdict == "lost":
                     lost.append(self.describe(push, user.conns))
+                elif verdict != "received":  # accounted, but never seen: keep a trace
+                    unseen.append(self.describe(push, user.conns))
                 continue
             if push.status != "queued":
                 continue
@@ -538,6 +541,7 @@ class Cycle:
             "verdicts": {k: dict(v) for k, v in verdicts.items()},
             "losses": sum(v["lost"] for v in verdicts.values()),
             "lost": lost[:LOST_KEPT],
+            "unicast_unseen": unseen[:LOST_KEPT],
             "ack_outcomes": dict(outcomes),
             "replaced_4501": closes.get("close 4501", 0),
             "closes": dict(closes),
@@ -622,10 +626,10 @@ class Cycle:
             return "lost"
         return "excused (closed)" if c.ended >= push.sent else ""
 
-    @staticmethod
-    def describe(push: Push, conns: list[Client]) -> dict[str, Any]:
-        """A lost push and the connections it could have reached, times relative to
-        its send (s)."""
+    def describe(self, push: Push, conns: list[Client]) -> dict[str, Any]:
+        """A push not received, its ack outcomes and the connections it could have
+        reached, times relative to its send (s)."""
+        outcomes = self.outcomes.by_sid
 
         def rel(t: float) -> float | None:
             return round(t - push.sent, 3) if t else None
@@ -636,6 +640,11 @@ class Cycle:
             "target": push.target,
             "sid": push.sid,
             "answered": rel(push.answered),
+            "acker": conns[0].user.acker if conns else None,
+            "outcomes": [
+                {k: o[k] for k in ("outcome", "reason", "tries")}
+                for o in outcomes.get(push.sid, [])
+            ],
             "conns": [
                 {
                     "opened": rel(c.opened),

@@ -56,6 +56,8 @@ was sent cannot have been that push's target.
 anything, so a 101 this process has read was preceded by the registration.
 - a frame for another user or another group is "misrouted", one whose push the
   harness did not send "stray"; both are anomalies.
+- a unicast push whose call failed (an API error) is owed nothing; if it arrived
+  anyway it is counted as "error, received anyway".
 
 Targets: no loss in any cycle; server RSS after cycle 2's settle within 10 % of
 RSS after cycle 1's.
@@ -498,6 +500,8 @@ class Cycle:
                 user = by_name[push.target]
                 if push.status == "missing" and self.connected_throughout(user, push):
                     self.anomalies["missing while connected"] += 1
+                if push.status == "error" and push.pid in user.got:
+                    verdicts[kind]["error, received anyway"] += 1
                 if push.status != "delivered":
                     continue
                 if push.kind == "a":
@@ -765,7 +769,14 @@ def table(result: dict[str, Any]) -> str:
         lambda c: f"{n(c['second_logins'])} / {n(c['replaced_4501'])}",
     )
     row("anomalies", lambda c: ", ".join(f"{k} {v}" for k, v in c["anomalies"].items()) or "none")
-    row("API errors", lambda c: n(sum(c["api_errors"].values())))
+    row(
+        "API errors (of which received anyway)",
+        lambda c: (
+            f"{n(sum(c['api_errors'].values()))} ("
+            + n(sum(v.get("error, received anyway", 0) for v in c["verdicts"].values()))
+            + ")"
+        ),
+    )
     row(
         "CPU during load: server (others on its core) / harness (others on its core)",
         lambda c: (

@@ -469,6 +469,7 @@ class Cycle:
             "cycle": self.number,
             "seconds": {"connect": round(connect_s, 1), "load": round(load_s, 1)},
             "connects_per_s_population": round(initial / connect_s, 1),
+            "connects_during_load": during_load,
             "connects_per_s_load": round(during_load / load_s, 1),
             "connects": self.upgrades,
             "connect_failures": self.connect_failures,
@@ -761,8 +762,11 @@ def table(result: dict[str, Any]) -> str:
     )
     row("re-sent unicast frames received", lambda c: n(c["resends_received"]))
     row(
-        "connects/s: population / during load",
-        lambda c: f"{n(c['connects_per_s_population'])} / {n(c['connects_per_s_load'])}",
+        "connects: population per s / during load (per s of the load phase)",
+        lambda c: (
+            f"{n(c['connects_per_s_population'])} / {n(c['connects_during_load'])} "
+            f"({n(c['connects_per_s_load'])})"
+        ),
     )
     row(
         "second logins / 4501 replacements",

@@ -1,6 +1,6 @@
 """Mixed delivery soak: one im, identical load cycles, every push accounted for.
 
-    python -m bench soak                           # 2 cycles of ~75 s, HTTP push API
+    python -m bench soak                           # 2 cycles of ~85 s, HTTP push API
     python -m bench soak --api grpc --population 1000 --load-seconds 20
 
 One server (``im_core.cli``, in-memory broker) with ``--ack-interval 1
@@ -50,14 +50,14 @@ was sent cannot have been that push's target.
   connection of a matching user that was ready before the request was sent and
   stayed; each such (push, connection) not received is **lost**. One that ended
   after the send without it is excused.
-
-"Ready before the send" means registered: im's front protocol registers a socket
-(user and tags) in the same event-loop step that writes its 101, before it awaits
-anything, so a 101 this process has read was preceded by the registration.
 - a frame for another user or another group is "misrouted", one whose push the
   harness did not send "stray"; both are anomalies.
 - a unicast push whose call failed (an API error) is owed nothing; if it arrived
   anyway it is counted as "error, received anyway".
+
+"Ready before the send" means registered: im's front protocol registers a socket
+(user and tags) in the same event-loop step that writes its 101, before it awaits
+anything, so a 101 this process has read was preceded by the registration.
 
 Targets: no loss in any cycle; server RSS after cycle 2's settle within 10 % of
 RSS after cycle 1's.
@@ -801,7 +801,7 @@ def table(result: dict[str, Any]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("soak")
     g.add_argument("--api", choices=("http", "grpc"), default="http", help="soak: push API")
-    g.add_argument("--cycles", type=int, default=2)
+    g.add_argument("--cycles", type=int, default=2, help="soak: identical load cycles")
     g.add_argument("--population", type=int, default=3000, help="soak: users")
     g.add_argument("--groups", type=int, default=20, help="soak: tag groups (g0, g1, ...)")
     g.add_argument("--never-ack-every", type=int, default=5, help="soak: every Nth user never acks")
@@ -816,12 +816,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="soak: every Nth churn takes a never-acker with a receipt pending",
     )
     g.add_argument("--second-login-rate", type=float, default=2.0, help="soak: per second")
-    g.add_argument("--load-seconds", type=float, default=50.0)
-    g.add_argument("--drain-seconds", type=float, default=3.0)
-    g.add_argument("--settle-seconds", type=float, default=20.0)
+    g.add_argument("--load-seconds", type=float, default=50.0, help="soak: pushing, per cycle")
+    g.add_argument("--drain-seconds", type=float, default=3.0, help="soak: before closing")
+    g.add_argument("--settle-seconds", type=float, default=20.0, help="soak: idle, then RSS")
     g.add_argument("--ack-interval", type=float, default=1.0, help="soak: the server's option")
     g.add_argument("--ack-max-tries", type=int, default=3, help="soak: the server's option")
-    g.add_argument("--ack-keep-offline", type=float, default=5.0, help="soak: the server's")
+    g.add_argument("--ack-keep-offline", type=float, default=5.0, help="soak: the server's option")
     g.add_argument("--seed", type=int, default=1, help="soak: random seed of every cycle")
 
 

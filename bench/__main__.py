@@ -6,6 +6,7 @@ python -m bench memory --servers im,aiohttp
 python -m bench unicast --modes grpc,http,grpc-stream,http-stream
 python -m bench ack
 python -m bench abuse --server-args "--idle-timeout 5 --header-timeout 5"
+python -m bench soak                     # mixed delivery soak, two load cycles
 python -m bench plot bench/results/all-*.json   # PNG for docs/
 """
 
@@ -22,7 +23,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from . import abuse
+from . import abuse, soak
 from .acks import ACK_SERVERS, ack_session
 from .scenarios import session
 from .servers import LOADGEN_CPU, ROOT, SPECS
@@ -190,7 +191,7 @@ async def run(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("scenario", choices=[*SCENARIOS, "abuse", "plot"])
+    parser.add_argument("scenario", choices=[*SCENARIOS, "abuse", "soak", "plot"])
     parser.add_argument("files", nargs="*", help="plot: result JSON files")
     parser.add_argument("--servers", default="im,aiohttp,socketio")
     parser.add_argument("--n", default="2000,10000", help="client counts, comma separated")
@@ -200,6 +201,7 @@ def main() -> int:
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES), help="unicast modes")
     parser.add_argument("--rate", type=float, default=RATE, help="unicast: paced pushes/s")
     abuse.add_arguments(parser)
+    soak.add_arguments(parser)
     args = parser.parse_args()
     if args.scenario == "plot":
         from .plot import plot
@@ -208,6 +210,8 @@ def main() -> int:
     os.sched_setaffinity(0, {LOADGEN_CPU})
     if args.scenario == "abuse":
         return abuse.main(args, RESULTS, versions())
+    if args.scenario == "soak":
+        return soak.main(args, RESULTS, versions())
     import uvloop
 
     return uvloop.run(run(args))

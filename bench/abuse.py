@@ -226,21 +226,28 @@ class Rig:
 
 class Busy:
     """How busy the server was over a phase, and the rest of its core (other processes
-    on a shared machine: a server starved by them looks idle and slow at once)."""
+    on a shared machine: a server starved by them looks idle and slow at once); the
+    same for this process on the load generator's core."""
 
     def __init__(self, server: Running) -> None:
         self.server = server
         self.t0 = time.perf_counter()
         self.cpu0 = server.cpu_seconds()
         self.core0 = core_busy_seconds(SERVER_CPU)
+        self.own0 = time.process_time()
+        self.loadgen0 = core_busy_seconds(LOADGEN_CPU)
 
     def read(self) -> dict[str, float]:
         wall = time.perf_counter() - self.t0
         server = (self.server.cpu_seconds() - self.cpu0) / wall
         core = (core_busy_seconds(SERVER_CPU) - self.core0) / wall
+        own = (time.process_time() - self.own0) / wall
+        loadgen = (core_busy_seconds(LOADGEN_CPU) - self.loadgen0) / wall
         return {
             "server_busy": round(server, 2),
             "others_on_core": round(max(0.0, core - server), 2),
+            "loadgen_busy": round(own, 2),
+            "others_on_loadgen_core": round(max(0.0, loadgen - own), 2),
         }
 
 

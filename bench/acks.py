@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -60,7 +61,13 @@ async def _im(server: Running, k: int) -> list[float]:
     event = asyncio.Event()
     events = await server.session.get(server.base + "ack_events")
     subscribed = asyncio.get_running_loop().create_future()
-    reader = asyncio.ensure_future(_read_events(events, acked, event, subscribed))
+
+    def on_event(obj: dict[str, Any]) -> None:
+        if obj.get("outcome") == "acked":
+            acked[obj["sid"]] = time.perf_counter()
+            event.set()
+
+    reader = asyncio.ensure_future(read_ack_events(events, on_event, subscribed))
     pool = HttpPool(server.base, 1)  # aiohttp's client pool adds ms-long stalls to p99
     try:
         await server.wait_count(1)
@@ -83,20 +90,18 @@ async def _im(server: Running, k: int) -> list[float]:
         await acker.close()
 
 
-async def _read_events(
+async def read_ack_events(
     response: aiohttp.ClientResponse,
-    acked: dict[int, float],
-    event: asyncio.Event,
+    on_event: Callable[[dict[str, Any]], None],
     subscribed: asyncio.Future[None],
 ) -> None:
+    """Read im's HTTP ack event stream: resolve ``subscribed`` at its ``: subscribed``
+    line, hand each event's JSON (an outcome, or ``{"error": ...}``) to ``on_event``."""
     async for line in response.content:
         if line.startswith(b": subscribed") and not subscribed.done():
             subscribed.set_result(None)
         elif line.startswith(b"data: "):
-            obj = orjson.loads(line[6:])
-            if obj["outcome"] == "acked":
-                acked[obj["sid"]] = time.perf_counter()
-                event.set()
+            on_event(orjson.loads(line[6:]))
 
 
 async def _drain(client: Client) -> None:

@@ -156,7 +156,8 @@ class HttpPool:
         self.size = size
         self.free: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] | None = None
 
-    async def post(self, route: str, body: bytes) -> bytes:
+    async def call(self, route: str, body: bytes) -> tuple[int, bytes]:
+        """POST ``body`` to ``route``: (status, reply body), whatever the status."""
         if self.free is None:
             self.free = asyncio.Queue()
             for _ in range(self.size):
@@ -164,6 +165,10 @@ class HttpPool:
         reader, writer = await self.free.get()
         status, reply = await http_post(reader, writer, self.path + route, body)
         self.free.put_nowait((reader, writer))
+        return status, reply
+
+    async def post(self, route: str, body: bytes) -> bytes:
+        status, reply = await self.call(route, body)
         if status != 200:
             raise RuntimeError(f"{route}: {status} {reply[:200]!r}")
         return reply

@@ -204,6 +204,24 @@ async def test_client_close_code_reaches_the_hook(make_server) -> None:
     assert server.local.local_count() == 0
 
 
+async def test_a_push_queued_when_the_client_closes_goes_out_before_the_echo(
+    server: Server,
+) -> None:
+    """A push the API answered as delivered is still in the outbox when the client's
+    close frame is read (same loop step): the push is written first, then the echo;
+    never a data frame after the close frame."""
+    client = await RawClient.open(server, "alice")
+    await eventually(lambda: server.buckets.get("alice"))
+    conn = server.buckets.get("alice")
+    assert conn is not None
+    assert not (await server.push("alice", b"queued")).missing  # not written yet
+    ws = conn._transport.get_protocol()  # type: ignore[attr-defined]
+    ws.data_received(client_frame(OP_CLOSE, struct.pack("!H", 1000)))
+    assert (await client.frame())[0] == OP_TEXT
+    assert await client.close_code() == 1000
+    assert await client.eof()
+
+
 async def test_dropped_socket_unregisters(make_server) -> None:
     rec = Recorder()
     server = await make_server(plugins=(rec,))

@@ -319,11 +319,14 @@ class WsProtocol(asyncio.Protocol):
 
     def _answer_close(self, code: int) -> None:
         """Echo the client's close code and hang up (the server closes TCP first); the
-        connection closes with the client's code."""
+        connection closes with the client's code. Frames already queued for the
+        socket (pushes answered as delivered) go out before the echo: no data frame
+        may follow a close frame (RFC 6455 5.5.1)."""
         self._closing = True
         transport = self.transport
-        transport.write(close_frame(code))
         assert self.conn is not None
+        self.conn.flush()
+        transport.write(close_frame(code))
         self.conn.close(code, "closed by client")
         transport.close()
 

@@ -4,6 +4,7 @@ python -m bench all                      # every scenario, im and peers
 python -m bench burst --n 10000 --runs 3
 python -m bench memory --servers im,aiohttp
 python -m bench unicast --modes grpc,http,grpc-stream,http-stream
+python -m bench unicast --servers im --push-flags ack --server-args "--broker redis"
 python -m bench ack
 python -m bench abuse --server-args "--idle-timeout 5 --header-timeout 5"
 python -m bench soak                     # mixed delivery soak, two load cycles
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -27,7 +29,7 @@ from . import abuse, soak
 from .acks import ACK_SERVERS, ack_session
 from .scenarios import session
 from .servers import LOADGEN_CPU, ROOT, SPECS
-from .unicast import DEFAULT_MODES, RATE, USERS, unicast_session
+from .unicast import DEFAULT_MODES, RATE, USERS, parse_flags, unicast_session
 
 RESULTS = ROOT / "bench" / "results"
 SCENARIOS = {
@@ -145,12 +147,14 @@ def plan(args: argparse.Namespace) -> list[tuple[str, list[int], list[str]]]:
 
 async def one(args: argparse.Namespace, kind: str, name: str, n: int) -> dict[str, Any]:
     spec = SPECS[name]
+    extra = shlex.split(args.server_args) if spec.im else []
     if kind == "unicast":
-        return await unicast_session(spec, n, tuple(args.modes.split(",")), rate=args.rate)
+        modes, flags = tuple(args.modes.split(",")), parse_flags(args.push_flags)
+        return await unicast_session(spec, n, modes, rate=args.rate, extra_args=extra, flags=flags)
     if kind == "ack":
         return await ack_session(spec)
     phases = SCENARIOS[args.scenario] & BROADCAST_PHASES
-    return await session(spec, n, args.m or BURST_M.get(name, 100), phases)
+    return await session(spec, n, args.m or BURST_M.get(name, 100), phases, extra)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -182,7 +186,13 @@ async def run(args: argparse.Namespace) -> int:
         "versions": versions(),
         "cpus": {"server": 0, "loadgen": LOADGEN_CPU},
         "size": 64,
-        "unicast": {"users": args.users, "paced_rate": args.rate, "modes": args.modes},
+        "unicast": {
+            "users": args.users,
+            "paced_rate": args.rate,
+            "modes": args.modes,
+            "push_flags": args.push_flags,
+        },
+        "server_args": args.server_args,
     }
     out.write_text(json.dumps({"meta": meta, "runs": runs, "summary": summary}, indent=1))
     print(f"wrote {out.relative_to(ROOT)}")
@@ -198,8 +208,10 @@ def main() -> int:
     parser.add_argument("--m", type=int, default=0, help="messages per burst (default per server)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--users", type=int, default=USERS, help="unicast: connected users")
-    parser.add_argument("--modes", default=",".join(DEFAULT_MODES), help="unicast modes")
+    parser.add_argument("--modes", help=f"unicast modes (default {DEFAULT_MODES})")
     parser.add_argument("--rate", type=float, default=RATE, help="unicast: paced pushes/s")
+    parser.add_argument("--push-flags", default="", help='unicast: e.g. "ack" or "ack,store"')
+    parser.add_argument("--server-args", default="", help='extra im-run flags, e.g. "--store"')
     abuse.add_arguments(parser)
     soak.add_arguments(parser)
     args = parser.parse_args()
@@ -212,6 +224,7 @@ def main() -> int:
         return abuse.main(args, RESULTS, versions())
     if args.scenario == "soak":
         return soak.main(args, RESULTS, versions())
+    args.modes = args.modes or ",".join(DEFAULT_MODES)
     import uvloop
 
     return uvloop.run(run(args))

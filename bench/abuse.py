@@ -455,7 +455,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--slowloris-sockets", type=int, default=300)
     g.add_argument("--flood-clients", type=int, default=4)
     g.add_argument("--churn-tasks", type=int, default=4)
-    g.add_argument("--server-args", default="", help='extra im-run flags, e.g. "--idle-timeout 5"')
 
 
 def main(args: argparse.Namespace, results: Path, versions: dict[str, str]) -> int:

@@ -20,7 +20,7 @@ import orjson
 
 from im_client import Client
 
-from .servers import HOST, IM, SOCKETIO, Running, Spec, b64, payload, running
+from .servers import HOST, SOCKETIO, Running, Spec, b64, payload, running
 from .unicast import HttpPool
 
 ACKER = "bench-acker"
@@ -34,7 +34,7 @@ def percentile(values: list[float], q: float) -> float:
 
 async def ack_session(spec: Spec, k: int = 500) -> dict[str, Any]:
     async with running(spec) as server:
-        if spec is IM:
+        if spec.im:
             ms = await _im(server, k)
         elif spec is SOCKETIO:
             ms = await _socketio(server, k)

@@ -14,10 +14,11 @@ import asyncio
 import gc
 import statistics
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from .loadgen import Pool
-from .servers import HOST, IM, Running, Spec, burst_request, running
+from .servers import HOST, Running, Spec, burst_request, running
 
 LATENCY_SAMPLES = 5
 CONNECT_CONCURRENCY = 64
@@ -50,9 +51,11 @@ async def _settled_counts(pool: Pool) -> dict[int, int]:
     return pool.counts()
 
 
-async def session(spec: Spec, n: int, m: int, phases: set[str]) -> dict[str, Any]:
+async def session(
+    spec: Spec, n: int, m: int, phases: set[str], extra_args: Sequence[str] = ()
+) -> dict[str, Any]:
     result: dict[str, Any] = {"server": spec.name, "n": n}
-    async with running(spec) as server:
+    async with running(spec, extra_args=extra_args) as server:
         await asyncio.sleep(0.5)
         rss0 = server.rss_kb()
         pool = Pool(HOST, server.port, hello=spec.hello)
@@ -92,7 +95,7 @@ async def session(spec: Spec, n: int, m: int, phases: set[str]) -> dict[str, Any
                     counts = await _settled_counts(pool)
                     if counts != {frame_bytes: n}:
                         raise CheckFailed(f"{spec.name}: latency broadcast got {counts}")
-                    if spec is IM:  # where the time went: the server's part of it
+                    if spec.im:  # where the time went: the server's part of it
                         written, fanout = server.probe_reading()
                         flushes.append(written)
                         fanouts.append(fanout)

@@ -49,6 +49,11 @@ class Spec:
     api: str = ""
     hello: bytes = b""
     env: dict[str, str] = field(default_factory=dict)
+    #: im itself (its push API and codecs), from whichever tree ``root`` holds
+    im: bool = False
+    #: the source tree the server runs from (its cwd and PYTHONPATH): another
+    #: checkout of im compares two versions in one run
+    root: Path = ROOT
 
 
 def _py(*args: str) -> list[str]:
@@ -66,6 +71,7 @@ IM = Spec(
     api="/api/v1",
     # Measure the built-in token_auth validate hook, whatever plugins are installed.
     env={"IM_DISABLE_PLUGIN_AUTOLOAD": "1"},
+    im=True,
 )
 AIOHTTP = Spec(
     name="aiohttp",
@@ -164,11 +170,19 @@ class Running:
 
     async def count(self) -> int:
         async with self.session.get(self.base + "stats") as r:
+            if r.status != 200:  # a cluster node answers 503 while its broker is away
+                raise RuntimeError(f"{self.spec.name}: stats {r.status} {await r.text()}")
             return int((await r.json())["connections"])
 
     async def wait_count(self, n: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
-        while (got := await self.count()) != n:
+        while True:
+            try:
+                got: int | str = await self.count()
+            except RuntimeError as exc:  # retried: a broker outage of a moment
+                got = str(exc)
+            if got == n:
+                return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.spec.name}: {got} of {n} clients registered")
             await asyncio.sleep(0.1)
@@ -180,11 +194,13 @@ async def running(
 ) -> AsyncIterator[Running]:
     """Start ``spec`` (its command line plus ``extra_args``), yield it, stop it."""
     port, rpc_port = free_port(), free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **spec.env}
+    env = {**os.environ, "PYTHONPATH": str(spec.root), **spec.env}
     probe = Path(tempfile.gettempdir()) / f"im-bench-probe-{port}"
     env["BENCH_PROBE_FILE"] = str(probe)
     proc = subprocess.Popen(  # noqa: ASYNC220 - started once per session, before timing
-        ["taskset", "-c", str(cpu), *spec.argv(port, rpc_port), *extra_args], cwd=ROOT, env=env
+        ["taskset", "-c", str(cpu), *spec.argv(port, rpc_port), *extra_args],
+        cwd=spec.root,
+        env=env,
     )
     spy: subprocess.Popen[bytes] | None = None
     server = Running(spec, port, rpc_port, proc)
@@ -202,7 +218,13 @@ async def running(
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{spec.name} did not start") from None
                 await asyncio.sleep(0.1)
-        await server.count()  # the HTTP side is up too
+        while True:  # the HTTP side is up too, and so is the broker a cluster node needs
+            async with server.session.get(server.base + "stats") as r:
+                if r.status == 200:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{spec.name}: stats {r.status} {await r.text()}")
+            await asyncio.sleep(0.1)
         profile = os.environ.get("BENCH_PROFILE")  # collapsed stacks of the server
         if profile:
             exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))

@@ -22,7 +22,8 @@ import asyncio
 import base64
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -33,7 +34,7 @@ from im_plugins.json_codec import JsonCodec
 from im_plugins.pb import im_v1_pb2 as pb
 from im_plugins.pb import im_v1_pb2_grpc
 
-from .servers import HOST, IM, SOCKETIO, Running, Spec, running
+from .servers import HOST, SOCKETIO, Running, Spec, running
 
 USERS = 100
 N = 20000
@@ -46,6 +47,8 @@ PACED_SECONDS = 2.0
 #: modes each server serves; im's stream modes only on request (``--modes``)
 DEFAULT_MODES = ("grpc", "http")
 PEER_MODES = ("http",)
+#: push fields a unicast run can set (``--push-flags``)
+FLAGS = ("ack", "store")
 CODEC = JsonCodec()
 Send = Callable[[int], Awaitable[None]]
 
@@ -60,7 +63,12 @@ def sent_at(payload: bytes) -> float:
 
 
 class Receivers:
-    """USERS WebSocket clients that count frames and record push -> client latency."""
+    """USERS WebSocket clients that count frames and record push -> client latency.
+
+    A push that carries a sid (``ack`` or ``store``) is acked at once, as the
+    protocol asks (docs/protocol.md, "Ack flow"): unacked it would be re-sent and its
+    kept copy would stay in the broker. A sid seen twice is a re-send: counted in
+    ``resent``, not as a delivery."""
 
     def __init__(self, spec: Spec, port: int, users: int) -> None:
         self.spec = spec
@@ -70,6 +78,8 @@ class Receivers:
         self.latencies: list[float] = []
         self.done = asyncio.Event()
         self.expected = 0
+        self.sids: set[int] = set()  # over the whole session: sids are unique per server
+        self.resent = 0
 
     async def start(self, session: aiohttp.ClientSession) -> None:
         self.sockets = [await session.ws_connect(url) for url in self.urls]
@@ -80,19 +90,26 @@ class Receivers:
                 await ws.receive()
         self.tasks = [asyncio.ensure_future(self._read(ws)) for ws in self.sockets]
 
-    def _payload(self, data: str | bytes) -> bytes | None:
-        if self.spec is IM:
-            return CODEC.decode_push(data.encode() if isinstance(data, str) else data)[1]
+    def _frame(self, data: str | bytes) -> tuple[int, bytes | None]:
+        """(sid, payload) of a frame; payload None for a frame that is no push."""
+        if self.spec.im:
+            return CODEC.decode_push(data.encode() if isinstance(data, str) else data)
         if self.spec is SOCKETIO:  # 42["m","<text>"]
             text = data if isinstance(data, str) else data.decode()
-            return orjson.loads(text[2:])[1].encode() if text.startswith("42") else None
-        return data if isinstance(data, bytes) else data.encode()
+            return 0, orjson.loads(text[2:])[1].encode() if text.startswith("42") else None
+        return 0, data if isinstance(data, bytes) else data.encode()
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for msg in ws:
-            payload = self._payload(msg.data)
+            sid, payload = self._frame(msg.data)
             if payload is None:
                 continue
+            if sid:
+                await ws.send_str(CODEC.encode_client(acks=(sid,)).decode())
+                if sid in self.sids:
+                    self.resent += 1
+                    continue
+                self.sids.add(sid)
             self.latencies.append(time.perf_counter() - sent_at(payload))
             self.received += 1
             if self.received >= self.expected:
@@ -178,10 +195,46 @@ class HttpPool:
             self.free.get_nowait()[1].close()
 
 
+@dataclass
+class Tally:
+    """What the push API answered over one phase, checked after it."""
+
+    sids: int = 0  # pushes answered with a sid (ack or store asked)
+    stored: int = 0  # users reported offline and kept for (store)
+    missing: int = 0  # users reported not reached
+
+    def add(self, sid: int, missing: Sequence[str] = (), stored: Sequence[str] = ()) -> None:
+        self.sids += sid != 0
+        self.missing += len(missing)
+        self.stored += len(stored)
+
+
+def parse_flags(text: str) -> dict[str, bool]:
+    """``"ack,store"`` -> the push fields to set (``""`` / ``"none"``: none)."""
+    names = [f for f in text.replace("+", ",").split(",") if f and f != "none"]
+    if unknown := set(names) - set(FLAGS):
+        raise ValueError(f"unknown push flags {sorted(unknown)} (known: {FLAGS})")
+    return dict.fromkeys(names, True)
+
+
 def make_sender(
-    mode: str, server: Running, users: list[str], rate: float | None, stub: Any, pool: HttpPool
+    mode: str,
+    server: Running,
+    users: list[str],
+    rate: float | None,
+    stub: Any,
+    pool: HttpPool,
+    flags: Mapping[str, bool] | None = None,
+    tally: Tally | None = None,
 ) -> Send:
-    """``send(n)``: push n messages the way ``mode`` does."""
+    """``send(n)``: push n messages the way ``mode`` does, each with ``flags`` (the
+    ``ack`` / ``store`` fields, set only when true: an unset ``store`` is the
+    server's default, and a request without them is what an older server knows);
+    the answers are summed in ``tally``."""
+    flags = dict(flags or {})
+    tally = tally if tally is not None else Tally()
+    # protobuf: an unset field is what a request without the flag sends (None: unset)
+    ack, store = flags.get("ack", False), flags.get("store") or None
 
     def user(i: int) -> str:
         return users[i % len(users)]
@@ -189,15 +242,21 @@ def make_sender(
     if mode == "grpc":
 
         async def push_grpc(i: int) -> None:
-            await stub.PushUser(pb.PushUserRequest(user=user(i), data=stamp()))
+            r = await stub.PushUser(
+                pb.PushUserRequest(user=user(i), data=stamp(), ack=ack, store=store)
+            )
+            tally.add(r.sid, (), r.stored)
 
         return lambda n: paced(n, rate, CONCURRENCY, push_grpc)
 
     if mode == "http":
 
         async def push_http(i: int) -> None:
-            body = {"user": user(i), "data_b64": base64.b64encode(stamp()).decode()}
-            await pool.post("push_user", orjson.dumps(body))
+            body = {"user": user(i), "data_b64": base64.b64encode(stamp()).decode(), **flags}
+            reply = await pool.post("push_user", orjson.dumps(body))
+            if flags:  # the reply of a plain push says nothing new: not parsed
+                r = orjson.loads(reply)
+                tally.add(r["sid"], (), r.get("stored", ()))
 
         return lambda n: paced(n, rate, CONCURRENCY, push_http)
 
@@ -213,20 +272,25 @@ def make_sender(
         async def requests(n: int) -> AsyncIterator[pb.PushBatch]:
             async for start, size in batches(n):
                 pushes = [
-                    pb.StreamPush(users=[user(i)], data=stamp()) for i in range(start, start + size)
+                    pb.StreamPush(users=[user(i)], data=stamp(), ack=ack, store=store)
+                    for i in range(start, start + size)
                 ]
                 yield pb.PushBatch(pushes=pushes)
 
         async def stream(n: int) -> None:
+            # A result comes back only for a push with news: a sid, or a user not reached.
             async for result in stub.PushStream(requests(n)):
-                raise RuntimeError(f"unexpected result: {result}")
+                if result.HasField("error"):
+                    raise RuntimeError(f"unexpected result: {result}")
+                tally.add(result.sid, result.missing, result.stored)
 
         return stream
 
     if mode != "http-stream":
         raise ValueError(f"unknown mode {mode!r}")
 
-    LINE = b'{"users":["%s"],"data_b64":"%s"}\n'
+    extra = b"".join(b',"%s":true' % f.encode() for f in flags)
+    LINE = b'{"users":["%s"],"data_b64":"%s"' + extra + b"}\n"
 
     async def body(n: int) -> AsyncIterator[bytes]:
         async for start, size in batches(n):
@@ -238,63 +302,115 @@ def make_sender(
     async def post(n: int) -> None:
         async with server.session.post(server.base + "push_stream", data=body(n)) as r:
             reply = await r.json()
-            if reply["processed"] != n or reply["results"]:
+            if reply["processed"] != n:
                 raise RuntimeError(f"unexpected reply: {str(reply)[:200]}")
+            for result in reply["results"]:
+                if "error" in result:
+                    raise RuntimeError(f"unexpected result: {result}")
+                tally.add(result.get("sid", 0), result.get("missing", ()), result.get("stored", ()))
 
     return post
 
 
+def check(tally: Tally, n: int, flags: Mapping[str, bool], offline: bool = False) -> None:
+    """Every push answered as asked: a sid each when flagged, nobody missing, and
+    kept for the (offline) user exactly when ``offline``."""
+    want = Tally(n if flags else 0, n if offline else 0, 0)
+    if tally != want:
+        raise RuntimeError(f"push answers {tally}, expected {want}")
+
+
 async def run_mode(
-    mode: str, server: Running, rx: Receivers, n: int, rate: float | None
+    mode: str,
+    server: Running,
+    rx: Receivers,
+    n: int,
+    rate: float | None,
+    flags: Mapping[str, bool] | None = None,
 ) -> dict[str, float]:
-    """Push ``n`` (after WARMUP untimed) in ``mode``; rate, latency and who was busy."""
+    """Push ``n`` (after WARMUP untimed) in ``mode`` with ``flags``; rate, latency,
+    who was busy and the server's CPU per push."""
+    flags = dict(flags or {})
     pool = HttpPool(server.base, CONCURRENCY)
     async with grpc.aio.insecure_channel(f"{HOST}:{server.rpc_port}") as channel:
-        send = make_sender(mode, server, rx.users, rate, im_v1_pb2_grpc.ImStub(channel), pool)
+        stub = im_v1_pb2_grpc.ImStub(channel)
         try:
             for count in (WARMUP, n):
+                tally = Tally()
+                send = make_sender(mode, server, rx.users, rate, stub, pool, flags, tally)
                 rx.expect(count)
                 cpu0, t0, own0 = server.cpu_seconds(), time.perf_counter(), time.process_time()
                 await send(count)
                 await asyncio.wait_for(rx.done.wait(), 60)
                 elapsed = time.perf_counter() - t0
+                check(tally, count, flags)
         finally:
             pool.close()
+    cpu = server.cpu_seconds() - cpu0
     lat = sorted(rx.latencies)
     return {
         "per_s": n / elapsed,
         "p50_ms": lat[len(lat) // 2] * 1000,
         "p99_ms": lat[int(len(lat) * 0.99)] * 1000,
-        "server_busy": round((server.cpu_seconds() - cpu0) / elapsed, 2),
+        "server_busy": round(cpu / elapsed, 2),
         "loadgen_busy": round((time.process_time() - own0) / elapsed, 2),
+        # the server's own cost, whichever side was the bound
+        "server_us": cpu / n * 1e6,
     }
 
 
+async def measure_mode(
+    mode: str,
+    server: Running,
+    rx: Receivers,
+    n: int,
+    rate: float,
+    flags: Mapping[str, bool] | None = None,
+) -> dict[str, float]:
+    """One mode's row: full rate, paced at ``rate``, and at half its own rate when
+    that is lower (the paced rate is near this mode's limit)."""
+    full = await run_mode(mode, server, rx, n, None, flags)
+    slow = await run_mode(mode, server, rx, int(rate * PACED_SECONDS), rate, flags)
+    row = {
+        "per_s": full["per_s"],
+        "full_p99_ms": full["p99_ms"],
+        "server_busy": full["server_busy"],
+        "loadgen_busy": full["loadgen_busy"],
+        "server_us": full["server_us"],
+        "p50_ms": slow["p50_ms"],
+        "p99_ms": slow["p99_ms"],
+    }
+    half = round(full["per_s"] / 2, -2)
+    if half < rate:
+        slow = await run_mode(mode, server, rx, int(half * PACED_SECONDS), half, flags)
+        row["half_rate"] = half
+        row["half_p50_ms"] = slow["p50_ms"]
+        row["half_p99_ms"] = slow["p99_ms"]
+    return row
+
+
 async def unicast_session(
-    spec: Spec, users: int, modes: tuple[str, ...], n: int = N, rate: float = RATE
+    spec: Spec,
+    users: int,
+    modes: tuple[str, ...],
+    n: int = N,
+    rate: float = RATE,
+    extra_args: Sequence[str] = (),
+    flags: Mapping[str, bool] | None = None,
 ) -> dict[str, Any]:
     result: dict[str, Any] = {"server": spec.name, "n": users, "rate": rate}
-    if spec is not IM:
-        modes = tuple(m for m in modes if m in PEER_MODES)
-    async with running(spec) as server, aiohttp.ClientSession() as session:
+    if not spec.im:  # the peers know neither im's flags nor its options
+        modes, extra_args, flags = tuple(m for m in modes if m in PEER_MODES), (), None
+    async with running(spec, extra_args=extra_args) as server, aiohttp.ClientSession() as session:
         rx = Receivers(spec, server.port, users)
         await rx.start(session)
         try:
             await server.wait_count(users)
             for mode in modes:
-                full = await run_mode(mode, server, rx, n, None)
-                slow = await run_mode(mode, server, rx, int(rate * PACED_SECONDS), rate)
-                result[f"uni_{mode}_per_s"] = full["per_s"]
-                result[f"uni_{mode}_full_p99_ms"] = full["p99_ms"]
-                result[f"uni_{mode}_server_busy"] = full["server_busy"]
-                result[f"uni_{mode}_loadgen_busy"] = full["loadgen_busy"]
-                result[f"uni_{mode}_p50_ms"] = slow["p50_ms"]
-                result[f"uni_{mode}_p99_ms"] = slow["p99_ms"]
-                half = round(full["per_s"] / 2, -2)
-                if half < rate:  # the paced rate is near this mode's limit: also at half of it
-                    slow = await run_mode(mode, server, rx, int(half * PACED_SECONDS), half)
-                    result[f"uni_{mode}_half_rate"] = half
-                    result[f"uni_{mode}_half_p99_ms"] = slow["p99_ms"]
+                row = await measure_mode(mode, server, rx, n, rate, flags)
+                result.update({f"uni_{mode}_{k}": v for k, v in row.items()})
         finally:
             await rx.close()
+    if rx.resent:
+        result["resent"] = rx.resent
     return result

@@ -6,6 +6,7 @@ python -m bench memory --servers im,aiohttp
 python -m bench unicast --modes grpc,http,grpc-stream,http-stream
 python -m bench unicast --servers im --push-flags ack --server-args "--broker redis"
 python -m bench ack
+python -m bench delivery --base ../im-old     # store / ack costs and logins per broker
 python -m bench abuse --server-args "--idle-timeout 5 --header-timeout 5"
 python -m bench soak                     # mixed delivery soak, two load cycles
 python -m bench plot bench/results/all-*.json   # PNG for docs/
@@ -25,7 +26,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from . import abuse, soak
+from . import abuse, delivery, soak
 from .acks import ACK_SERVERS, ack_session
 from .scenarios import session
 from .servers import LOADGEN_CPU, ROOT, SPECS
@@ -201,19 +202,22 @@ async def run(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("scenario", choices=[*SCENARIOS, "abuse", "soak", "plot"])
+    parser.add_argument("scenario", choices=[*SCENARIOS, "abuse", "soak", "delivery", "plot"])
     parser.add_argument("files", nargs="*", help="plot: result JSON files")
     parser.add_argument("--servers", default="im,aiohttp,socketio")
     parser.add_argument("--n", default="2000,10000", help="client counts, comma separated")
     parser.add_argument("--m", type=int, default=0, help="messages per burst (default per server)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--users", type=int, default=USERS, help="unicast: connected users")
-    parser.add_argument("--modes", help=f"unicast modes (default {DEFAULT_MODES})")
+    parser.add_argument(
+        "--modes", help=f"unicast modes (default {DEFAULT_MODES}; delivery: {delivery.MODES})"
+    )
     parser.add_argument("--rate", type=float, default=RATE, help="unicast: paced pushes/s")
     parser.add_argument("--push-flags", default="", help='unicast: e.g. "ack" or "ack,store"')
     parser.add_argument("--server-args", default="", help='extra im-run flags, e.g. "--store"')
     abuse.add_arguments(parser)
     soak.add_arguments(parser)
+    delivery.add_arguments(parser)
     args = parser.parse_args()
     if args.scenario == "plot":
         from .plot import plot
@@ -224,6 +228,9 @@ def main() -> int:
         return abuse.main(args, RESULTS, versions())
     if args.scenario == "soak":
         return soak.main(args, RESULTS, versions())
+    if args.scenario == "delivery":
+        args.modes = args.modes or ",".join(delivery.MODES)
+        return delivery.main(args, RESULTS, versions())
     args.modes = args.modes or ",".join(DEFAULT_MODES)
     import uvloop
 

@@ -211,24 +211,36 @@ async def latency_run(
         await a.stop()
 
 
-async def cleanup(broker: str, prefix: str) -> None:
-    """Drop what the benchmark cluster left in the broker (default URLs)."""
+#: the NATS broker's KV buckets (``P_<name>``); Redis keys all start with ``P:``
+NATS_BUCKETS = ("presence", "nodes", "held", "inbox", "seen", "tagbox")
+
+
+async def cleanup(broker: str, prefix: str, url: str | None = None) -> None:
+    """Drop what a benchmark cluster left in the broker (``url``: default URLs)."""
     if broker == "redis":
         import redis.asyncio as aioredis
 
-        r = aioredis.Redis()
-        keys = [k async for k in r.scan_iter(match=f"{prefix}:*")]
-        if keys:
-            await r.delete(*keys)
-        await r.aclose()
+        r = aioredis.Redis.from_url(url) if url else aioredis.Redis()
+        try:
+            keys = [k async for k in r.scan_iter(match=f"{prefix}:*", count=1000)]
+            if keys:
+                await r.delete(*keys)
+        finally:
+            await r.aclose()
     else:
         import nats
+        import nats.js.errors
 
-        nc = await nats.connect()
-        js = nc.jetstream()
-        for bucket in ("presence", "nodes"):
-            await js.delete_key_value(f"{prefix}_{bucket}")
-        await nc.close()
+        nc = await (nats.connect(url) if url else nats.connect())
+        try:
+            js = nc.jetstream()
+            for bucket in NATS_BUCKETS:  # an older server made fewer of them
+                try:
+                    await js.delete_key_value(f"{prefix}_{bucket}")
+                except nats.js.errors.NotFoundError:
+                    pass
+        finally:
+            await nc.close()
 
 
 def pct(samples: list[float], p: float) -> float:

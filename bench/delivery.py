@@ -70,7 +70,9 @@ CONNECT_N = 5000
 CONNECT_CONCURRENCY = 64
 TAGS = 10
 PUSHES = 20000
-OFFLINE_PUSHES = 5000
+#: more users with kept entries make the NATS broker's sweep (every kept user's entry
+#: read each second) crowd out the node's other broker calls; see docs/performance.md
+OFFLINE_PUSHES = 1000
 DRAIN_TIMEOUT = 30.0
 #: paced rates for latency, pushes/s; each where the variant has twice that rate
 RATES = (5000.0, 500.0)
@@ -224,14 +226,19 @@ async def offline(
 
 
 async def session(
-    spec: Spec, broker: str, run: int, variants: Sequence[str], args: argparse.Namespace
-) -> list[dict[str, Any]]:
-    """One server of ``spec`` on ``broker``: logins, then every mode x variant."""
+    spec: Spec,
+    broker: str,
+    run: int,
+    variants: Sequence[str],
+    args: argparse.Namespace,
+    rows: list[dict[str, Any]],
+) -> None:
+    """One server of ``spec`` on ``broker``: logins, then every mode x variant, each
+    row added to ``rows`` as it is measured (a later failure keeps them)."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     url = args.redis_url if broker == "redis" else args.nats_url
     head = {"broker": broker, "tree": spec.name, "run": run}
     rates = [float(r) for r in args.rates.split(",")]
-    rows: list[dict[str, Any]] = []
 
     def add(row: dict[str, Any]) -> None:
         rows.append({**head, **row})
@@ -262,7 +269,6 @@ async def session(
             for mode in args.modes.split(","):
                 row = await offline(server, mode, args.offline, {"store": True}, f"{run}-{mode}")
                 add({"kind": "offline", "mode": mode, "variant": "store", **row})
-    return rows
 
 
 # --- summary --------------------------------------------------------------------------
@@ -393,7 +399,7 @@ async def collect(args: argparse.Namespace, trees: Sequence[Spec]) -> list[dict[
                 mine = order if spec is IM else [v for v in order if v in base_variants]
                 t0 = time.monotonic()
                 try:
-                    rows += await session(spec, broker, i, mine, args)
+                    await session(spec, broker, i, mine, args, rows)
                 except Exception as exc:
                     error = f"{type(exc).__name__}: {exc}"
                     rows.append({"broker": broker, "tree": spec.name, "run": i, "error": error})

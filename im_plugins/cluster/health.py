@@ -29,7 +29,8 @@ class Health:
             if up:
                 log.info("%s broker: connected", self.name)
             else:
-                log.warning("%s broker: unavailable: %s", self.name, why)
+                # repr: a timeout's str() is empty
+                log.warning("%s broker: unavailable: %r", self.name, why)
         self.up = up
 
     @contextlib.asynccontextmanager

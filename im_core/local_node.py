@@ -38,6 +38,18 @@ class Node:
                 if not mine:
                     missing.append(user)
                     continue
+                if len(mine) == 1:  # the common case: one connection per user
+                    conn = mine[0]
+                    if track is not None and tracks(user, sid, conn.device):
+                        continue  # read from the broker's copy on connect: sent
+                    frame = cache.get(conn.fmt)
+                    if frame is None:
+                        frame = cache[conn.fmt] = conn.fmt.build(sid, payload)
+                    if not conn.send(frame):
+                        missing.append(user)
+                    elif track is not None:
+                        track(user, sid, payload, conn.device).queued = conn.holding
+                    continue
                 reached = False
                 fresh: set[str] = set()  # devices tracked by this delivery
                 for conn in mine:

@@ -523,6 +523,10 @@ class NatsBroker(ClusterBroker):
         await gather_bounded([self._change(u, add(u)) for u in users])
         return [u for u in users if u in kept]
 
+    async def _keep_many(self, requests: list[tuple[list[str], Entry, bool]]) -> list[list[str]]:
+        # Concurrent: each user's entries are their own key (compare-and-set each).
+        return await gather_bounded([self._keep(*request) for request in requests])
+
     async def _forget(self, batch: list[tuple[str, int]]) -> None:
         self._check()
         by_user: dict[str, set[int]] = {}

@@ -242,7 +242,7 @@ class Server:
 
     def _resend(self, entry: Unacked) -> bool:
         conn = self.buckets.device(entry.user_id, entry.device)
-        if conn is None or not conn.send(conn.fmt.build(entry.sid, entry.payload)):
+        if conn is None or not conn.resend(entry):
             return False
         entry.queued = conn.holding
         return True

@@ -217,7 +217,11 @@ async def test_client_close_code_is_echoed(server: Server) -> None:
 async def test_user_id_and_tag_limits(make_server) -> None:
     server = await make_server(max_user_id_length=64, max_tags=3)
     async with aiohttp.ClientSession() as http:
-        for params in ({"token": "u" * 65}, {"token": "t", "tags": "a,b,c,d"}):
+        for params in (
+            {"token": "u" * 65},
+            {"token": "t", "device": "d" * 65},
+            {"token": "t", "tags": "a,b,c,d"},
+        ):
             async with http.get(ws_url(server), params=params, headers=_UPGRADE) as resp:
                 assert resp.status == 400, params
                 message = (await resp.json())["error"]["message"]

@@ -203,15 +203,24 @@ class AckTracker:
     def has(self, user_id: str) -> bool:
         return user_id in self._by_user
 
-    def take(self, user_id: str) -> list[Unacked]:
-        """Forget the user's entries without an outcome (another node adopts them);
-        returned in the order they were first sent."""
-        entries = self._by_user.pop(user_id, None)
+    def take(self, user_id: str, device: str = "") -> list[Unacked]:
+        """Forget the entries of the user's ``device`` without an outcome (another
+        node adopts them); returned in the order they were first sent."""
+        entries = self._by_user.get(user_id)
         if not entries:
             return []
-        for entry in entries.values():
+        taken = [e for e in entries.values() if e.device == device]
+        for entry in taken:
             entry.done = True  # the due queue skips it from now on
-        return list(entries.values())
+            del entries[key(device, entry.sid)]
+        if not entries:
+            del self._by_user[user_id]
+        return taken
+
+    def shared(self, user_id: str, sid: int) -> bool:
+        """Whether another device of ``user_id`` still tracks ``sid`` here."""
+        entries = self._by_user.get(user_id)
+        return entries is not None and any(e.sid == sid for e in entries.values())
 
     def adopt(
         self,

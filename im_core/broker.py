@@ -124,12 +124,13 @@ class LocalNode(Protocol):
         """Whether this node tracks unacked entries of ``user_id``."""
         ...
 
-    def take_unacked(self, user_id: str) -> list[Unacked]:
-        """Give up the user's unacked entries (in order, no outcome fires here)."""
+    def take_unacked(self, user_id: str, device: str) -> list[Unacked]:
+        """Give up the unacked entries of the user's ``device`` (in order, no outcome
+        fires here), unless that device is connected here."""
         ...
 
     def adopt_unacked(self, user_id: str, entries: list[Unacked]) -> None:
-        """Track entries another node gave up and re-send them if the user is here."""
+        """Track entries another node gave up and re-send them if their device is here."""
         ...
 
     def ack_outcome(self, outcome: AckOutcome) -> None:
@@ -212,9 +213,7 @@ class Broker(abc.ABC):
     #: expiries ``forget`` them.
     durable: bool = False
 
-    async def keep(
-        self, push: Push, users: Sequence[str], ttl: float, bounded: bool
-    ) -> list[str]:
+    async def keep(self, push: Push, users: Sequence[str], ttl: float, bounded: bool) -> list[str]:
         """Keep ``push`` (it has a sid) for each of ``users`` until it is acked or
         expires ``ttl`` seconds from now; return the users it was kept for. A
         ``bounded`` keep skips users whose inbox is full (``--inbox-max-*``).

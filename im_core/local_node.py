@@ -114,9 +114,7 @@ class Node:
 
     def kick_local(self, user_id: str, code: int, reason: str, conn_id: str | None) -> bool:
         server = self._server
-        conns = [
-            c for c in server.buckets.of(user_id) if conn_id is None or c.conn_id == conn_id
-        ]
+        conns = [c for c in server.buckets.of(user_id) if conn_id is None or c.conn_id == conn_id]
         for conn in conns:
             conn.close(code, reason)
         return bool(conns)
@@ -140,11 +138,11 @@ class Node:
         server = self._server
         return server.acks.has(user_id)
 
-    def take_unacked(self, user_id: str) -> list[Unacked]:
+    def take_unacked(self, user_id: str, device: str) -> list[Unacked]:
         server = self._server
-        if server.buckets.get(user_id) is not None:
-            return []  # the user is (again) connected here: the entries stay
-        return server.acks.take(user_id)
+        if server.buckets.device(user_id, device) is not None:
+            return []  # the device is (again) connected here: the entries stay
+        return server.acks.take(user_id, device)
 
     def adopt_unacked(self, user_id: str, entries: list[Unacked]) -> None:
         server = self._server

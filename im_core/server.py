@@ -247,9 +247,17 @@ class Server:
         entry.queued = conn.holding
         return True
 
+    def _forget(self, entry: Unacked) -> None:
+        """Drop the broker's copy of an entry that ended, unless another device of
+        the user still tracks it here (the copy is per user)."""
+        if self.broker is None:
+            return
+        if self.options.max_connections_per_user > 1 and self.acks.shared(entry.user_id, entry.sid):
+            return
+        self.broker.forget(entry.user_id, entry.sid)
+
     def _acked(self, entry: Unacked) -> None:
-        if self.broker is not None:
-            self.broker.forget(entry.user_id, entry.sid)
+        self._forget(entry)
         self.spawn(self.hooks.acked(self, entry.user_id, entry.sid, entry.device))
         self._report(
             AckOutcome("acked", entry.user_id, entry.sid, entry.tries, device=entry.device)
@@ -257,8 +265,7 @@ class Server:
 
     def ack_expired(self, entry: Unacked, reason: str) -> None:
         """An unacked entry ran out: fire ``im_ack_expired`` and report the outcome."""
-        if self.broker is not None:
-            self.broker.forget(entry.user_id, entry.sid)
+        self._forget(entry)
         self.spawn(
             self.hooks.ack_expired(
                 self, entry.user_id, entry.sid, entry.payload, entry.tries, reason, entry.device

@@ -13,6 +13,7 @@ import pytest
 
 from im_client import Client
 from im_core import Server
+from im_plugins.cluster import wire
 
 from .cluster import NATS_URL, REDIS_URL, broker_options, cleanup, new_prefix
 from .conftest import MakeServer, eventually
@@ -116,7 +117,7 @@ async def test_a_node_refuses_another_wire_version_with_one_log_line(
     await eventually(lambda: refusals(caplog, 99) and refusals(caplog, 0))
     await asyncio.sleep(0.1)  # the other two of each arrived meanwhile
     [line] = refusals(caplog, 99)
-    assert f"from node {STRANGER}" in line and "this node speaks 1" in line
+    assert f"from node {STRANGER}" in line and f"this node speaks {wire.VERSION}" in line
     assert len(refusals(caplog, 0)) == 1  # the format from before versions: "version 0"
     with pytest.raises(TimeoutError):
         await alice.receive(timeout=0.2)  # neither was delivered
@@ -135,17 +136,17 @@ async def test_a_request_of_another_wire_version_gets_no_answer(
     alice = await connect(node, "alice")
     await eventually(lambda: _online(node, "alice"))
 
-    # The same request in version 1 is answered: the users not reached (none).
-    answer = await cluster.ask(node, [1, "push", STRANGER, 7, "users", ["alice"], [], 0], b"hi")
+    # The same request in this node's version is answered: the users not reached (none).
+    request = [wire.VERSION, "push", STRANGER, 7, "users", ["alice"], [], 0]
+    answer = await cluster.ask(node, request, b"hi")
     assert answer is not None
     head, _, _ = answer.partition(b"\n")
-    assert orjson.loads(head) == [1, "missed", node.node_id, 7, []]
+    assert orjson.loads(head) == [wire.VERSION, "missed", node.node_id, 7, []]
     assert (await alice.receive()).data == b"hi"
 
-    # In version 2 it is not: the sender sees what it sees of a hung node.
-    assert (
-        await cluster.ask(node, [2, "push", STRANGER, 8, "users", ["alice"], [], 0], b"x") is None
-    )
+    # In the next version it is not: the sender sees what it sees of a hung node.
+    request = [wire.VERSION + 1, "push", STRANGER, 8, "users", ["alice"], [], 0]
+    assert await cluster.ask(node, request, b"x") is None
     with pytest.raises(TimeoutError):
         await alice.receive(timeout=0.2)
 

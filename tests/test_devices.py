@@ -133,13 +133,6 @@ async def test_one_connection_per_user_ignores_devices(make_server) -> None:
     await b.close()
 
 
-async def test_cluster_brokers_refuse_several_devices_for_now(make_server) -> None:
-    from im_core.server import ConfigError
-
-    with pytest.raises(ConfigError, match="max-connections-per-user"):
-        await make_server(broker="redis", max_connections_per_user=2)
-
-
 async def test_tag_pushes_retag_and_kick_reach_every_device(make_server, api) -> None:
     server = await make_server(max_connections_per_user=2)
     phone = Client(ws_url(server), "gus", device="phone", tags=["news"])

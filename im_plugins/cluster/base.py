@@ -97,11 +97,16 @@ class ClusterBroker(Broker):
         self.ttl = float(options.get("presence_ttl") or 10.0)
         self.timeout = float(options.get("broker_timeout") or 1.0)
         self.node_id = 0
+        self.per_user = int(options.get("max_connections_per_user") or 1)
         self.health = Health(self.name, self.timeout, self.errors)
         self.peer = Peer(self)
         self.outcomes = OutcomeSender(self)
-        # This node's users as registered in the cluster: re-registered after an outage.
-        self.local: dict[str, Presence] = {}
+        # This node's connections by user as registered in the cluster: re-registered
+        # after an outage.
+        self.local: dict[str, list[Presence]] = {}
+        # Users whose connection being set up is not their only one: it is owed
+        # nothing (the user's kept entries went to their first device).
+        self._sharing: set[str] = set()
         self._resync = False  # the store lost (or never got) this node's state
         self._recovery: asyncio.Task[None] | None = None
         self._retry_now = asyncio.Event()
@@ -139,13 +144,16 @@ class ClusterBroker(Broker):
         broadcast to every node once, a tag push to the nodes with members of its tags."""
 
     @abc.abstractmethod
-    async def _locate(self, users: list[str]) -> dict[str, Presence]:
-        """Presence of ``users`` on live nodes (absent when offline)."""
+    async def _locate(self, users: list[str]) -> dict[str, list[Presence]]:
+        """The connections of ``users`` on live nodes, oldest first (absent when offline)."""
 
     @abc.abstractmethod
-    async def _register(self, presence: Presence) -> tuple[Presence | None, set[int]]:
-        """Record ``presence``; return the entry it overwrote (any node) and the
-        nodes holding unacked entries of the user (their markers are dropped)."""
+    async def _register(self, presence: Presence) -> tuple[list[Presence], set[int], bool]:
+        """Record ``presence`` beside the user's other connections (at most
+        ``per_user``: one of the same named device and then the oldest make room);
+        return the entries it dropped (any node), the nodes holding unacked entries
+        of the user (their markers are dropped when ``per_user`` is 1) and whether
+        it is now the user's only connection."""
 
     @abc.abstractmethod
     async def _hold(self, user: str) -> None:
@@ -154,7 +162,11 @@ class ClusterBroker(Broker):
 
     @abc.abstractmethod
     async def _unregister(self, presence: Presence) -> None:
-        """Drop ``presence`` unless a newer login overwrote it."""
+        """Drop ``presence``'s entry (nothing when a newer login replaced it)."""
+
+    @abc.abstractmethod
+    async def _counts(self) -> tuple[int, int]:
+        """Online users and their connections, cluster-wide."""
 
     @abc.abstractmethod
     async def _update(self, presence: Presence) -> None:
@@ -167,7 +179,8 @@ class ClusterBroker(Broker):
 
     @abc.abstractmethod
     async def _reregister(self) -> None:
-        """Write every entry of ``self.local`` again (after an outage)."""
+        """Write every entry of ``self.local`` again (after an outage): an entry of
+        another node newer than ours takes its place, and ours is closed."""
 
     @abc.abstractmethod
     async def _publish_state(self) -> None:
@@ -240,9 +253,7 @@ class ClusterBroker(Broker):
 
     # --- kept entries (durable acks, the offline inbox) ---------------------------------
 
-    async def keep(
-        self, push: Push, users: Sequence[str], ttl: float, bounded: bool
-    ) -> list[str]:
+    async def keep(self, push: Push, users: Sequence[str], ttl: float, bounded: bool) -> list[str]:
         if not users:
             return []
         now = now_ms()
@@ -282,6 +293,9 @@ class ClusterBroker(Broker):
         return now_ms() + int(self.unacked_ttl * 1000)
 
     async def owed(self, user_id: str, tags: tuple[str, ...]) -> list[Kept]:
+        if user_id in self._sharing:
+            self._sharing.discard(user_id)
+            return []
         try:
             async with self.health.guard("inbox"):
                 entries, since, candidates = await self._owed(user_id, tags, self.horizon())
@@ -382,18 +396,23 @@ class ClusterBroker(Broker):
                 await asyncio.shield(self._sender)  # back-pressure on a slow broker
             return []
         missing = node.deliver(push)
-        if not missing:
+        # One connection per user: a user reached here is nowhere else. Several: any
+        # user may have devices on other nodes too.
+        targets = missing if self.per_user == 1 else list(push.users)
+        if not targets:
             return []
         async with self.health.guard("presence lookup"):
-            where = await self._locate(missing)
-        groups: dict[int, list[str]] = {}
-        for user in missing:
-            found = where.get(user)
-            if found is not None and found.node_id != self.node_id:
-                groups.setdefault(found.node_id, []).append(user)
+            where = await self._locate(targets)
+        groups: dict[int, dict[str, None]] = {}
+        for user in targets:
+            for found in where.get(user, ()):
+                if found.node_id != self.node_id:
+                    groups.setdefault(found.node_id, {})[user] = None
         if not groups:
             return missing
-        answers = await asyncio.gather(*(self._push_to(n, u, push) for n, u in groups.items()))
+        answers = await asyncio.gather(
+            *(self._push_to(n, list(u), push) for n, u in groups.items())
+        )
         reached = {u for users in groups.values() for u in users}
         for not_reached in answers:
             reached.difference_update(not_reached)
@@ -429,34 +448,42 @@ class ClusterBroker(Broker):
 
     # --- Broker API ------------------------------------------------------------------
 
+    def _mirror(self, user: str) -> None:
+        """Record the user's connections here as they are now (``self.local``)."""
+        devices = self.node.local_devices(user)
+        if devices:
+            self.local[user] = devices
+        else:
+            self.local.pop(user, None)
+
     async def connected(self, presence: Presence) -> None:
-        self.local[presence.user_id] = presence
+        user, device = presence.user_id, presence.device
+        self._mirror(user)
         try:
             async with self.health.guard("register"):
-                old, holders = await self._register(presence)
+                replaced, holders, alone = await self._register(presence)
         except Unavailable:
             self._resync = True  # accepted locally; registered when the broker is back
             self._changed()
             return
         self._changed()
-        older = old if old is not None and old.node_id != self.node_id else None
-        if older is not None:
-            holders.add(older.node_id)
-        holders.discard(self.node_id)  # our own entries: the node redelivers them itself
-        if holders:
-            older_node = None if older is None else older.node_id
-            takes = (
-                self._take(n, presence.user_id, older if n == older_node else None)
-                for n in sorted(holders)
+        if not alone:  # what the user is owed went to their first device (``owed``)
+            self._sharing.add(user)
+        closes: dict[int, list[str]] = {}
+        for old in replaced:
+            if old.node_id != self.node_id:  # ours: the node replaced them already
+                closes.setdefault(old.node_id, []).append(old.conn_id)
+        nodes = (holders | closes.keys()) - {self.node_id}  # our entries: redelivered here
+        if nodes:
+            await asyncio.gather(
+                *(self._take(n, user, device, tuple(closes.get(n, ()))) for n in sorted(nodes))
             )
-            await asyncio.gather(*takes)
 
-    async def _take(self, node: int, user: str, older: Presence | None) -> None:
-        """Ask ``node`` for the user's unacked entries (closing ``older`` there) and
-        adopt them here."""
-        request = wire.Take(user, None if older is None else older.conn_id)
+    async def _take(self, node: int, user: str, device: str, replaced: tuple[str, ...]) -> None:
+        """Ask ``node`` for the unacked entries of the user's ``device`` (closing the
+        ``replaced`` connections there first) and adopt them here."""
         try:
-            answer = await self._ask(node, request, wire.Taken)
+            answer = await self._ask(node, wire.Take(user, device, replaced), wire.Taken)
         except Unavailable as exc:
             # The entries (if any) stay on that node and expire there.
             log.warning("unacked of %r on node %d not taken over: %s", user, node, exc)
@@ -465,26 +492,28 @@ class ClusterBroker(Broker):
             return  # the node is gone (and its entries with it), or held none
         entries = []
         for sid, tries, payload in answer.entries:
-            entry = Unacked(user, sid, payload, 0.0)
+            entry = Unacked(user, sid, payload, 0.0, None, device)
             entry.tries = tries
             entries.append(entry)
         self.node.adopt_unacked(user, entries)
-        if self.node.local_presence(user) is None:  # gone again meanwhile: say we hold them
+        if all(p.device != device for p in self.node.local_devices(user)):
+            # Gone again meanwhile: say we hold them.
             with contextlib.suppress(Unavailable):
                 async with self.health.guard("hold"):
                     await self._hold(user)
 
     async def disconnected(self, presence: Presence) -> None:
-        current = self.local.get(presence.user_id)
-        if current is not None and current.conn_id == presence.conn_id:
-            del self.local[presence.user_id]
+        user = presence.user_id
+        self._mirror(user)
         self._changed()
         try:
             async with self.health.guard("unregister"):
                 # The marker first: a login elsewhere that no longer sees our presence
-                # entry must see the marker.
-                user = presence.user_id
-                if self.node.has_unacked(user) and self.node.local_presence(user) is None:
+                # entry must see the marker. With several devices, another device of
+                # the user here does not make the marker needless.
+                if self.node.has_unacked(user) and (
+                    self.per_user > 1 or self.node.local_presence(user) is None
+                ):
                     await self._hold(user)
                 await self._unregister(presence)
                 await self._saw(user, time.time())
@@ -496,46 +525,68 @@ class ClusterBroker(Broker):
         return True
 
     async def presence(self, user_id: str) -> Presence | None:
+        if self.per_user > 1:
+            devices = await self.devices(user_id)
+            return devices[-1] if devices else None
         here = self.node.local_presence(user_id)
         if here is not None:
             return here
         async with self.health.guard("presence"):
             found = (await self._locate([user_id])).get(user_id)
-        return found if found is None or found.node_id != self.node_id else None
+        # An entry of this node that is not here is stale (a close not yet unregistered).
+        return found[-1] if found and found[-1].node_id != self.node_id else None
+
+    async def devices(self, user_id: str) -> list[Presence]:
+        if self.per_user == 1:
+            return await super().devices(user_id)
+        async with self.health.guard("presence"):
+            found = (await self._locate([user_id])).get(user_id, [])
+        remote = [p for p in found if p.node_id != self.node_id]
+        return sorted([*remote, *self.node.local_devices(user_id)], key=lambda p: p.connected_at)
+
+    async def online_count(self) -> int:
+        async with self.health.guard("online count"):
+            return (await self._counts())[0]
+
+    async def connection_count(self) -> int:
+        async with self.health.guard("online count"):
+            return (await self._counts())[1]
 
     async def _remote(self, user_id: str, request: wire.Kick | wire.Retag) -> bool:
-        """Ask the node holding ``user_id`` to run ``request``; False when offline."""
-        where = await self.presence(user_id)
-        if where is None:
-            return False
-        answer = await self._ask(where.node_id, request, wire.Done)
-        if answer is None:
-            return False
-        if answer.error:  # the holding node refused it: the caller's mistake
-            raise InvalidArgument(answer.error)
-        return answer.ok
+        """Ask every other node holding a connection of ``user_id`` to run
+        ``request``; False when none did."""
+        nodes = {p.node_id for p in await self.devices(user_id)} - {self.node_id}
+        answers = await asyncio.gather(*(self._ask(n, request, wire.Done) for n in sorted(nodes)))
+        ok = False
+        for answer in answers:
+            if answer is not None and answer.error:  # refused: the caller's mistake
+                raise InvalidArgument(answer.error)
+            ok = ok or (answer is not None and answer.ok)
+        return ok
 
     async def kick(self, user_id: str, code: int, reason: str) -> bool:
-        if self.node.kick_local(user_id, code, reason, None):
+        here = self.node.kick_local(user_id, code, reason, None)
+        if here and self.per_user == 1:
             return True
-        return await self._remote(user_id, wire.Kick(user_id, code, reason))
+        return await self._remote(user_id, wire.Kick(user_id, code, reason)) or here
 
     async def retag(self, user_id: str, add: tuple[str, ...], remove: tuple[str, ...]) -> bool:
-        if self.node.retag_local(user_id, add, remove):
+        here = self.node.retag_local(user_id, add, remove)
+        if here:
             await self.retagged(user_id)
-            return True
-        return await self._remote(user_id, wire.Retag(user_id, add, remove))
+            if self.per_user == 1:
+                return True
+        return await self._remote(user_id, wire.Retag(user_id, add, remove)) or here
 
     async def retagged(self, user: str) -> None:
         """The user's tags changed here: update the registration and publish state."""
-        current = self.node.local_presence(user)
-        if current is not None:
-            self.local[user] = current
-            try:
-                async with self.health.guard("retag"):
+        self._mirror(user)
+        try:
+            async with self.health.guard("retag"):
+                for current in self.local.get(user, ()):
                     await self._update(current)
-            except Unavailable:
-                self._resync = True  # re-registered from self.local when the broker is back
+        except Unavailable:
+            self._resync = True  # re-registered from self.local when the broker is back
         self._changed()
         with contextlib.suppress(Unavailable):
             # Published before answering so a tag push right after the retag routes here.

@@ -64,13 +64,6 @@ def make_broker(server: Any, name: str, own: type, load: Callable[[], Any]) -> A
         hint = f"pip install 'im[{name}]'"
         raise ConfigError(f"broker {name}: cannot import {exc.name!r} ({hint})") from exc
     opts = server.options
-    if opts.max_connections_per_user > 1:
-        from im_core.server import ConfigError
-
-        raise ConfigError(
-            f"--max-connections-per-user: the {name} broker allows one connection per user "
-            "(several devices per user are served by the memory broker so far)"
-        )
     settings = {**attrs.asdict(opts.of(ClusterOptions)), **attrs.asdict(opts.of(own))}
     # The inbox bounds are the core's: the broker enforces them cluster-wide.
     settings.update(
@@ -78,6 +71,7 @@ def make_broker(server: Any, name: str, own: type, load: Callable[[], Any]) -> A
         inbox_max_bytes=opts.inbox_max_bytes,
         unacked_ttl=opts.unacked_ttl(),
         inbox_ttl=opts.inbox_ttl,
+        max_connections_per_user=opts.max_connections_per_user,
     )
     return broker_class(settings, opts.node_id, hold_ttl(opts))
 

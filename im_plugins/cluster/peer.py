@@ -74,9 +74,9 @@ class Peer:
 
     async def _take(self, origin: int, message: wire.Take) -> wire.Taken:
         node, user = self.broker.node, message.user
-        if message.replaced is not None:  # close the older login first: then the entries are free
-            node.kick_local(user, CloseCode.REPLACED, "replaced by a new login", message.replaced)
-        entries = node.take_unacked(user)
+        for conn_id in message.replaced:  # close older logins first: then the entries are free
+            node.kick_local(user, CloseCode.REPLACED, "replaced by a new login", conn_id)
+        entries = node.take_unacked(user, message.device)
         if entries:
             log.debug("handing %d unacked of %r to node %d", len(entries), user, origin)
         return wire.Taken(tuple(wire.Entry(e.sid, e.tries, e.payload) for e in entries))

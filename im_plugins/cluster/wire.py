@@ -31,7 +31,7 @@ import orjson
 from im_core.ack import AckOutcome
 from im_core.broker import Kind, Push
 
-VERSION = 1
+VERSION = 2  # 2: devices (Take names one and several replaced connections; Outcomes)
 
 
 class Refused(ValueError):
@@ -98,7 +98,8 @@ class Outcomes:
 
     def dump(self, head: list[Any]) -> bytes:
         rows = [
-            [o.outcome, o.user_id, o.sid, o.tries, o.reason, len(o.payload)] for o in self.outcomes
+            [o.outcome, o.user_id, o.sid, o.tries, o.reason, o.device, len(o.payload)]
+            for o in self.outcomes
         ]
         head.append(rows)
         return b"".join(o.payload for o in self.outcomes)
@@ -107,29 +108,30 @@ class Outcomes:
     def load(cls, head: list[Any], payload: bytes) -> Self:
         return cls(
             tuple(
-                AckOutcome(o, user, sid, tries, reason, data)
-                for (o, user, sid, tries, reason, _), data in _split(head[4], payload)
+                AckOutcome(o, user, sid, tries, reason, data, device)
+                for (o, user, sid, tries, reason, device, _), data in _split(head[4], payload)
             )
         )
 
 
 @attrs.define(slots=True)
 class Take:
-    """Hand over the unacked entries of ``user`` (answered with ``Taken``); first close
-    the user's connection ``replaced`` there with REPLACED, when given."""
+    """Hand over the unacked entries of the user's ``device`` (answered with
+    ``Taken``); first close the user's connections ``replaced`` there with REPLACED."""
 
     kind: ClassVar[str] = "take"
     user: str
-    replaced: str | None = None
+    device: str = ""
+    replaced: tuple[str, ...] = ()
 
     def dump(self, head: list[Any]) -> bytes:
-        head += (self.user, self.replaced)
+        head += (self.user, self.device, self.replaced)
         return b""
 
     @classmethod
     def load(cls, head: list[Any], payload: bytes) -> Self:
-        _, _, _, _, user, replaced = head
-        return cls(str(user), None if replaced is None else str(replaced))
+        _, _, _, _, user, device, replaced = head
+        return cls(str(user), str(device), tuple(str(c) for c in replaced))
 
 
 @attrs.define(slots=True)

@@ -8,8 +8,10 @@ itself routes a tag push only to those nodes.
 KV buckets (in memory; nodes re-register after a NATS restart):
 ``P_nodes``  key ``nN`` -> {token, count, distribution}; the bucket's max age is the
              presence TTL, so a node that stops writing drops out by itself;
-``P_presence`` key base64(user) -> {node, token, conn_id, connected_at, tags}; an
-             entry counts only while the node entry with the same token lives;
+``P_presence`` key base64(user) -> the user's connections, oldest first: a JSON list
+             of {node, token, conn_id, connected_at, tags, device}, written
+             compare-and-set; an entry counts only while the node entry with the
+             same token lives;
 ``P_held``   key base64(user) -> [node ids holding unacked entries of the offline
              user]; the bucket's max age is the hold ttl.
 ``P_inbox``  key base64(user) -> the user's kept entries (``inbox.pack_records``),
@@ -169,7 +171,8 @@ class NatsBroker(ClusterBroker):
         return orjson.dumps(
             {
                 "i": self.token,
-                "c": len(self.local),
+                "c": self.node.local_count(),
+                "k": self.node.local_connections(),
                 "d": {t: [s.number, s.created] for t, s in stats.items()},
             }
         )
@@ -323,51 +326,94 @@ class NatsBroker(ClusterBroker):
             for n, e in zip(nodes, entries, strict=True)
         }
 
-    async def _locate(self, users: list[str]) -> dict[str, Presence]:
+    @staticmethod
+    def _entries(entry: Any) -> list[dict[str, Any]]:
+        """The connections stored in a presence entry (none if it is gone)."""
+        return orjson.loads(entry.value) if entry is not None and entry.value else []
+
+    async def _live(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``entries`` whose node lives (its node entry has their token)."""
+        tokens = await self._node_tokens({e["n"] for e in entries})
+        return [e for e in entries if tokens.get(e["n"]) == e["i"]]
+
+    @staticmethod
+    def _presence(user: str, v: dict[str, Any]) -> Presence:
+        return Presence(user, v["n"], v["c"], tuple(v["g"]), v["t"], v.get("d", ""))
+
+    async def _locate(self, users: list[str]) -> dict[str, list[Presence]]:
         self._check()
-        entries = await asyncio.gather(*(self._get(self.presence_kv, user_key(u)) for u in users))
-        values = {
-            u: orjson.loads(e.value) for u, e in zip(users, entries, strict=True) if e and e.value
-        }
-        tokens = await self._node_tokens({v["n"] for v in values.values()})
+        got = await asyncio.gather(*(self._get(self.presence_kv, user_key(u)) for u in users))
+        values = {u: self._entries(e) for u, e in zip(users, got, strict=True)}
+        tokens = await self._node_tokens({v["n"] for vs in values.values() for v in vs})
         found = {}
-        for user, v in values.items():
-            if tokens.get(v["n"]) == v["i"]:
-                found[user] = Presence(user, v["n"], v["c"], tuple(v["g"]), v["t"])
+        for user, vs in values.items():
+            live = [self._presence(user, v) for v in vs if tokens.get(v["n"]) == v["i"]]
+            if live:
+                found[user] = live
         return found
 
-    def _value(self, p: Presence) -> bytes:
-        return orjson.dumps(
-            {"n": p.node_id, "i": self.token, "c": p.conn_id, "t": p.connected_at, "g": p.tags}
-        )
+    def _value(self, p: Presence) -> dict[str, Any]:
+        return {
+            "n": p.node_id, "i": self.token, "c": p.conn_id, "t": p.connected_at,
+            "g": p.tags, "d": p.device,
+        }  # fmt: skip
 
-    async def _register(self, presence: Presence) -> tuple[Presence | None, set[int]]:
+    async def _rewrite(
+        self, user: str, change: Callable[[list[dict[str, Any]]], Any]
+    ) -> list[dict[str, Any]] | None:
+        """Compare-and-set the user's presence entries to what awaitable ``change``
+        makes of them (None: leave them; an empty list deletes the key). Returns
+        the entries it read, None when it left them."""
+        key = user_key(user)
+        while True:
+            old = await self._get(self.presence_kv, key)
+            entries = self._entries(old)
+            new = await change(entries)
+            if new is None:
+                return None
+            try:
+                if not new:
+                    if old is not None and not await self._delete_if(
+                        self.presence_kv, key, old.revision
+                    ):
+                        continue
+                elif old is None:
+                    await self.presence_kv.create(key, orjson.dumps(new))
+                else:
+                    await self.presence_kv.update(key, orjson.dumps(new), last=old.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+            return entries
+
+    async def _register(self, presence: Presence) -> tuple[list[Presence], set[int], bool]:
         self._check()
         if presence.tags:
             await self._sync_tag_subscriptions(set(self._tag_subs) | set(presence.tags))
-        key = user_key(presence.user_id)
-        value = self._value(presence)
-        while True:  # compare-and-set, so of two simultaneous logins one sees the other
-            old = await self._get(self.presence_kv, key)
-            try:
-                if old is None:
-                    await self.presence_kv.create(key, value)
-                else:
-                    await self.presence_kv.update(key, value, last=old.revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                continue
-            break
+        user, device, mine = presence.user_id, presence.device, self._value(presence)
+        kept: list[dict[str, Any]] = []
+        dropped: list[dict[str, Any]] = []
+
+        async def add(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            # One connection per user: every entry makes room (live or not, as before).
+            live = entries if self.per_user == 1 else await self._live(entries)
+            kept[:] = [e for e in live if not (device and e.get("d") == device)]
+            dropped[:] = [e for e in live if device and e.get("d") == device]
+            while len(kept) >= self.per_user:
+                dropped.append(kept.pop(0))
+            return [*kept, mine]
+
+        # compare-and-set, so of two simultaneous logins one sees the other
+        await self._rewrite(user, add)
         # Read after our presence write: a node that dropped its presence entry
         # before we wrote ours had written its marker before that (``_hold``).
+        key = user_key(user)
         holders: set[int] = set()
         held = await self._get(self.held_kv, key)
         if held is not None and held.value:
             holders = set(orjson.loads(held.value))
-            await self._delete_if(self.held_kv, key, held.revision)
-        if old is None or not old.value:
-            return None, holders
-        v = orjson.loads(old.value)
-        return Presence(presence.user_id, v["n"], v["c"], tuple(v["g"]), v["t"]), holders
+            if self.per_user == 1:
+                await self._delete_if(self.held_kv, key, held.revision)
+        return [self._presence(user, v) for v in dropped], holders, not kept
 
     async def _hold(self, user: str) -> None:
         self._check()
@@ -385,34 +431,31 @@ class NatsBroker(ClusterBroker):
                 continue
             return
 
-    async def _mine(self, presence: Presence) -> Any:
-        """The stored entry of ``presence``'s login (None: gone, or another login's)."""
-        entry = await self._get(self.presence_kv, user_key(presence.user_id))
-        if entry is None or not entry.value:
-            return None
-        v = orjson.loads(entry.value)
-        return entry if v["i"] == self.token and v["c"] == presence.conn_id else None
+    def _is(self, presence: Presence) -> Callable[[dict[str, Any]], bool]:
+        """Whether a stored entry is ``presence``'s login (this node, its connection)."""
+        return lambda v: v["i"] == self.token and v["c"] == presence.conn_id
 
     async def _unregister(self, presence: Presence) -> None:
         self._check()
-        key = user_key(presence.user_id)
-        while True:  # compare-and-delete: a retag may rewrite the entry meanwhile
-            entry = await self._mine(presence)
-            if entry is None or await self._delete_if(self.presence_kv, key, entry.revision):
-                return
+        mine = self._is(presence)
+
+        async def drop(entries: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+            left = [v for v in entries if not mine(v)]
+            return None if len(left) == len(entries) else left
+
+        await self._rewrite(presence.user_id, drop)
 
     async def _update(self, presence: Presence) -> None:
         self._check()
-        key = user_key(presence.user_id)
-        while True:  # compare-and-set: never revive an entry the disconnect dropped
-            entry = await self._mine(presence)
-            if entry is None:
-                return
-            try:
-                await self.presence_kv.update(key, self._value(presence), last=entry.revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                continue
-            return
+        mine, value = self._is(presence), self._value(presence)
+
+        async def retag(entries: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+            # Never revives an entry the disconnect dropped.
+            if not any(mine(v) for v in entries):
+                return None
+            return [value if mine(v) else v for v in entries]
+
+        await self._rewrite(presence.user_id, retag)
 
     async def _heartbeat(self) -> None:
         async with self.health.guard("heartbeat"):
@@ -430,8 +473,17 @@ class NatsBroker(ClusterBroker):
         async with self.health.guard("re-register"):
             self._check()
             await self._ensure_buckets()
-            for p in list(self.local.values()):
-                await self.presence_kv.put(user_key(p.user_id), self._value(p))
+            for user, devices in list(self.local.items()):
+                ours = [self._value(p) for p in devices]
+
+                async def merge(
+                    entries: list[dict[str, Any]], ours: list[dict[str, Any]] = ours
+                ) -> list[dict[str, Any]]:
+                    others = [v for v in entries if v["i"] != self.token]
+                    merged = sorted([*others, *ours], key=lambda v: float(v["t"]))
+                    return merged[-self.per_user :]
+
+                await self._rewrite(user, merge)
         log.info("nats broker: re-registered %d users", len(self.local))
 
     async def _publish_state(self) -> None:
@@ -459,9 +511,10 @@ class NatsBroker(ClusterBroker):
         entries = await asyncio.gather(*(self._get(self.nodes_kv, k) for k in keys))
         return [orjson.loads(e.value) for e in entries if e is not None and e.value]
 
-    async def online_count(self) -> int:
-        async with self.health.guard("online count"):
-            return sum(n["c"] for n in await self._nodes())
+    async def _counts(self) -> tuple[int, int]:
+        # A user with connections on several nodes counts on each (docs/cluster.md).
+        nodes = await self._nodes()
+        return sum(n["c"] for n in nodes), sum(n.get("k", n["c"]) for n in nodes)
 
     async def distribution(self) -> dict[str, TagStat]:
         async with self.health.guard("distribution"):
@@ -622,9 +675,7 @@ class NatsBroker(ClusterBroker):
         )
         return entries, seen, pushes
 
-    async def _missed(
-        self, user: str, tags: tuple[str, ...]
-    ) -> tuple[float | None, list[TagKept]]:
+    async def _missed(self, user: str, tags: tuple[str, ...]) -> tuple[float | None, list[TagKept]]:
         self._check()
         if not tags:
             return None, []

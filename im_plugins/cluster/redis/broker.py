@@ -38,13 +38,20 @@ def login_of(p: Presence) -> str:
 
 
 def presence_value(p: Presence) -> str:
-    return f"{login_of(p)}{p.connected_at!r}|" + orjson.dumps(list(p.tags)).decode()
+    tags = orjson.dumps(list(p.tags)).decode()
+    return f"{login_of(p)}{p.connected_at!r}|{p.device.encode().hex()}|{tags}"
 
 
 def parse_presence(user: str, value: bytes | str) -> Presence:
     text = value.decode() if isinstance(value, bytes) else value
-    node, conn_id, at, tags = text.split("|", 3)
-    return Presence(user, int(node), conn_id, tuple(orjson.loads(tags)), float(at))
+    node, conn_id, at, device, tags = text.split("|", 4)
+    tagged = tuple(orjson.loads(tags))
+    return Presence(user, int(node), conn_id, tagged, float(at), bytes.fromhex(device).decode())
+
+
+def parse_entries(user: str, value: bytes) -> list[Presence]:
+    """A user's presence entries (one per line), oldest first."""
+    return [parse_presence(user, line) for line in value.split(b"\n")]
 
 
 class RedisBroker(ClusterBroker):
@@ -254,31 +261,33 @@ class RedisBroker(ClusterBroker):
 
     # --- presence ----------------------------------------------------------------------
 
-    async def _locate(self, users: list[str]) -> dict[str, Presence]:
-        found: dict[str, Presence] = {}
+    async def _locate(self, users: list[str]) -> dict[str, list[Presence]]:
+        found: dict[str, list[Presence]] = {}
         for i in range(0, len(users), CHUNK):
             chunk = users[i : i + CHUNK]
             values = await self._script(self.s["LOCATE"], *chunk)
             for user, value in zip(chunk, values, strict=True):
                 if value is not None:
-                    found[user] = parse_presence(user, value)
+                    found[user] = parse_entries(user, value)
         return found
 
-    async def _register(self, presence: Presence) -> tuple[Presence | None, set[int]]:
+    async def _register(self, presence: Presence) -> tuple[list[Presence], set[int], bool]:
         user = presence.user_id
-        old, held, owed = await self._script(
+        dropped, held, owed, count = await self._script(
             self.s["REGISTER"],
             self.node_id,
             user,
             presence_value(presence),
             self.horizon(),
+            self.per_user,
+            presence.device.encode().hex(),
             *presence.tags,
         )
         # What the user is owed was read with the registration: ``_owed`` hands it
         # to the connection that asks next (one round trip per login, not two).
         self._owed_read[user] = (time.monotonic(), self._parse_owed(owed))
-        before = None if old is None else parse_presence(user, old)
-        return before, {int(n) for n in held}
+        replaced = [parse_presence(user, v) for v in dropped]
+        return replaced, {int(n) for n in held}, int(count) == 1
 
     async def _hold(self, user: str) -> None:
         key = self._key("held", user)
@@ -317,23 +326,20 @@ class RedisBroker(ClusterBroker):
             await self._script(self.s["PURGE"], "*")  # forget nodes whose lease expired
 
     async def _reregister(self) -> None:
-        entries = list(self.local.values())
+        entries = [p for devices in self.local.values() for p in devices]
         self._registered_tags = set()
         lost: list[bytes] = []
         async with self.health.guard("re-register"):
             for i in range(0, max(len(entries), 1), CHUNK):
-                args: list[object] = [self.node_id, "1" if i == 0 else "0"]
+                args: list[object] = [self.node_id, self.per_user, "1" if i == 0 else "0"]
                 for p in entries[i : i + CHUNK]:
                     args += [p.user_id, presence_value(p), repr(p.connected_at)]
                 lost += await self._script(self.s["RESYNC"], *args)
-        for raw in lost:
-            user = raw.decode()
-            mine = self.local.get(user)
-            if mine is not None:
-                self.node.kick_local(
-                    user, CloseCode.REPLACED, "replaced by a new login", mine.conn_id
-                )
-        log.info("redis broker: re-registered %d users", len(entries) - len(lost))
+        for user, conn_id in zip(lost[::2], lost[1::2], strict=True):
+            self.node.kick_local(
+                user.decode(), CloseCode.REPLACED, "replaced by a new login", conn_id.decode()
+            )
+        log.info("redis broker: re-registered %d connections", len(entries) - len(lost) // 2)
 
     async def _publish_state(self) -> None:
         tags = self.local_tags()
@@ -356,6 +362,7 @@ class RedisBroker(ClusterBroker):
                     pipe.sadd(self._key("tags", me), *added)
                 if gone:
                     pipe.srem(self._key("tags", me), *gone)
+                pipe.set(self._key("conns", me), self.node.local_connections())
                 await pipe.execute()
         self._registered_tags = set(tags)
 
@@ -443,9 +450,9 @@ class RedisBroker(ClusterBroker):
 
     # --- cluster-wide queries ----------------------------------------------------------
 
-    async def online_count(self) -> int:
-        async with self.health.guard("online count"):
-            return int(await self._script(self.s["COUNT"]))
+    async def _counts(self) -> tuple[int, int]:
+        users, conns = await self._script(self.s["COUNT"], self.per_user)
+        return int(users), int(conns)
 
     async def distribution(self) -> dict[str, TagStat]:
         async with self.health.guard("distribution"):

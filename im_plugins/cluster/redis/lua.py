@@ -4,8 +4,11 @@ Keys (``P`` = broker prefix, ``N`` = node id):
   P:node:N     this node's lease and heartbeat (value: instance token, PX = presence ttl)
   P:nodes      set of node ids that may hold state (pruned when their lease is gone)
   P:seq        counter seeding node id allocation
-  P:presence   hash user -> "N|conn_id|connected_at|[tags]"
-  P:users:N    set of users registered by node N (online count, cleanup)
+  P:presence   hash user -> the user's connections, oldest first, one per line:
+               "N|conn_id|connected_at|hex(device)|[tags]" (``--max-connections-per-user``
+               of them at most; one unless it is above 1)
+  P:users:N    set of users with a connection on node N (online count, cleanup)
+  P:conns:N    connections on node N (the connection count)
   P:tag:T      set of node ids with members of tag T (tag routing)
   P:tags:N     set of tags node N registered in P:tag:* (cleanup)
   P:dist:N     hash tag -> "members|created" of node N (distribution)
@@ -17,6 +20,29 @@ Keys (``P`` = broker prefix, ``N`` = node id):
   P:seen:U     when user U last left (unix seconds; PX = inbox ttl)
 A presence entry counts only while its node's lease exists, so a dead node's users
 drop out when the lease expires even before anyone cleans up after it.
+"""
+
+# A user's presence entries (a Lua prelude shared by the scripts that change them).
+_ENTRIES = """
+local function entries(v)
+  local out = {}
+  if v then for e in string.gmatch(v, '[^\\n]+') do out[#out + 1] = e end end
+  return out
+end
+local function store(p, u, list)
+  if #list == 0 then redis.call('HDEL', p..':presence', u)
+  else redis.call('HSET', p..':presence', u, table.concat(list, '\\n')) end
+end
+local function node_of(e) return string.match(e, '^(%d+)|') end
+local function live(alive, p, id)
+  if alive[id] == nil then alive[id] = redis.call('EXISTS', p..':node:'..id) == 1 end
+  return alive[id]
+end
+local function without(list, keep)
+  local left = {}
+  for _, e in ipairs(list) do if keep(e) then left[#left + 1] = e end end
+  return left
+end
 """
 
 # ARGV: prefix, token, ttl_ms, requested id (-1: any free id)
@@ -39,18 +65,21 @@ return -1
 """
 
 # Drop the state of node ARGV[2] (ARGV[2] = '*': of every node whose lease is gone).
-PURGE = """
+PURGE = (
+    _ENTRIES
+    + """
 local p = ARGV[1]
 local function purge(id)
   local users = p..':users:'..id
   for _, u in ipairs(redis.call('SMEMBERS', users)) do
-    local v = redis.call('HGET', p..':presence', u)
-    if v and string.sub(v, 1, #id + 1) == id..'|' then redis.call('HDEL', p..':presence', u) end
+    local list = entries(redis.call('HGET', p..':presence', u))
+    local left = without(list, function(e) return node_of(e) ~= id end)
+    if #left ~= #list then store(p, u, left) end
   end
   for _, t in ipairs(redis.call('SMEMBERS', p..':tags:'..id)) do
     redis.call('SREM', p..':tag:'..t, id)
   end
-  redis.call('DEL', users, p..':tags:'..id, p..':dist:'..id)
+  redis.call('DEL', users, p..':tags:'..id, p..':dist:'..id, p..':conns:'..id)
 end
 if ARGV[2] ~= '*' then purge(ARGV[2]) return 1 end
 local n = 0
@@ -63,6 +92,7 @@ for _, id in ipairs(redis.call('SMEMBERS', p..':nodes')) do
 end
 return n
 """
+)
 
 # ARGV: prefix, id, token, ttl_ms -> 1 refreshed, 2 lease was gone (re-created), 0 taken
 BEAT = """
@@ -103,72 +133,105 @@ local function owed(p, u, horizon, first)
 end
 """
 
-# ARGV: prefix, id, user, value, horizon_ms, tags... -> {the entry it replaced (or
-# nil), the nodes holding unacked entries of the user (their markers are dropped),
-# what the user is owed (``_OWED``; read in the same step, so nothing kept before
-# the login is missed and nothing kept after it is owed twice)}
-REGISTER = _OWED + """
-local p, me, u = ARGV[1], ARGV[2], ARGV[3]
-local old = redis.call('HGET', p..':presence', u)
-redis.call('HSET', p..':presence', u, ARGV[4])
+# ARGV: prefix, id, user, value, horizon_ms, max connections, hex(device), tags...
+# -> {the entries it replaced (the same named device's, then the oldest while the
+# user has max), the nodes holding unacked entries of the user (their markers are
+# dropped when max is 1: that login takes all), what the user is owed (``_OWED``,
+# for the user's only connection; read in the same step, so nothing kept before the
+# login is missed and nothing kept after it is owed twice), the user's connections}
+REGISTER = (
+    _ENTRIES
+    + _OWED
+    + """
+local p, me, u, max, dev = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[6]), ARGV[7]
+local kept, dropped, alive = {}, {}, {}
+for _, e in ipairs(entries(redis.call('HGET', p..':presence', u))) do
+  local id, edev = string.match(e, '^(%d+)|[^|]*|[^|]*|([^|]*)|')
+  if live(alive, p, id) then
+    if dev ~= '' and edev == dev then dropped[#dropped + 1] = e else kept[#kept + 1] = e end
+  end
+end
+while #kept >= max do dropped[#dropped + 1] = table.remove(kept, 1) end
+kept[#kept + 1] = ARGV[4]
+store(p, u, kept)
 redis.call('SADD', p..':users:'..me, u)
-for i = 6, #ARGV do
+for i = 8, #ARGV do
   redis.call('SADD', p..':tag:'..ARGV[i], me)
   redis.call('SADD', p..':tags:'..me, ARGV[i])
 end
 local held = redis.call('SMEMBERS', p..':held:'..u)
-if #held > 0 then redis.call('DEL', p..':held:'..u) end
-return {old or false, held, owed(p, u, ARGV[5], 6)}
+if #held > 0 and max == 1 then redis.call('DEL', p..':held:'..u) end
+local owes = {{}, '', {}}
+if #kept == 1 then owes = owed(p, u, ARGV[5], 8) end
+return {dropped, held, owes, #kept}
 """
+)
 
 # ARGV: prefix, id, user, login ("N|conn_id|"), now (unix s), seen ttl_ms: drop the
-# entry only if it is still this login's (whatever its tags: a retag rewrites them);
-# record when the user was last seen (stored tag pushes).
-UNREGISTER = """
-local p, u, login = ARGV[1], ARGV[3], ARGV[4]
-local v = redis.call('HGET', p..':presence', u)
-if v and string.sub(v, 1, #login) == login then redis.call('HDEL', p..':presence', u) end
-redis.call('SREM', p..':users:'..ARGV[2], u)
+# login's entry (whatever its tags: a retag rewrites them; nothing if a newer login
+# replaced it); record when the user was last seen (stored tag pushes).
+UNREGISTER = (
+    _ENTRIES
+    + """
+local p, me, u, login = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local list = entries(redis.call('HGET', p..':presence', u))
+local left = without(list, function(e) return string.sub(e, 1, #login) ~= login end)
+if #left ~= #list then store(p, u, left) end
+if #without(left, function(e) return node_of(e) == me end) == 0 then
+  redis.call('SREM', p..':users:'..me, u)
+end
 redis.call('SET', p..':seen:'..u, ARGV[5], 'PX', ARGV[6])
 return 1
 """
+)
 
 # ARGV: prefix, user, login ("N|conn_id|"), value: the login's new tags; nothing
-# when the entry is gone or belongs to another login -> 1 updated, 0 not
-RETAG = """
+# when the entry is gone (a newer login replaced it) -> 1 updated, 0 not
+RETAG = (
+    _ENTRIES
+    + """
 local p, u, login = ARGV[1], ARGV[2], ARGV[3]
-local v = redis.call('HGET', p..':presence', u)
-if v and string.sub(v, 1, #login) == login then
-  redis.call('HSET', p..':presence', u, ARGV[4])
-  return 1
+local list = entries(redis.call('HGET', p..':presence', u))
+for i, e in ipairs(list) do
+  if string.sub(e, 1, #login) == login then
+    list[i] = ARGV[4]
+    store(p, u, list)
+    return 1
+  end
 end
 return 0
 """
+)
 
-# ARGV: prefix, users... -> entries on live nodes (nil for offline users)
-LOCATE = """
+# ARGV: prefix, users... -> each user's entries on live nodes (nil when none)
+LOCATE = (
+    _ENTRIES
+    + """
 local p, alive, out = ARGV[1], {}, {}
 for i = 2, #ARGV do
-  local v = redis.call('HGET', p..':presence', ARGV[i])
-  if v then
-    local id = string.match(v, '^(%d+)|')
-    if alive[id] == nil then alive[id] = redis.call('EXISTS', p..':node:'..id) == 1 end
-    if not alive[id] then v = false end
-  end
-  out[i - 1] = v or false
+  local list = entries(redis.call('HGET', p..':presence', ARGV[i]))
+  local left = without(list, function(e) return live(alive, p, node_of(e)) end)
+  out[i - 1] = #left > 0 and table.concat(left, '\\n') or false
 end
 return out
 """
+)
 
-# ARGV: prefix -> users registered by live nodes
+# ARGV: prefix, max connections per user -> {users, connections} on live nodes: a
+# user with connections on several nodes (max above 1) counts once
 COUNT = """
-local p, n = ARGV[1], 0
+local p, users, conns, sets = ARGV[1], 0, 0, {}
 for _, id in ipairs(redis.call('SMEMBERS', p..':nodes')) do
   if redis.call('EXISTS', p..':node:'..id) == 1 then
-    n = n + redis.call('SCARD', p..':users:'..id)
+    users = users + redis.call('SCARD', p..':users:'..id)
+    conns = conns + tonumber(redis.call('GET', p..':conns:'..id) or '0')
+    sets[#sets + 1] = p..':users:'..id
   end
 end
-return n
+if ARGV[2] == '1' then return {users, users} end
+if #sets > 0 then users = redis.call('SUNIONSTORE', p..':count', unpack(sets)) end
+redis.call('DEL', p..':count')
+return {users, conns}
 """
 
 # ARGV: prefix -> flat [tag, "members|created", ...] of every live node
@@ -182,36 +245,54 @@ end
 return out
 """
 
-# After an outage. ARGV: prefix, id, first chunk ('1': forget what the node had
-# registered), then (user, value, connected_at) triples. Returns users whose entry
-# now belongs to a newer login on another live node.
-RESYNC = """
-local p, me, lost = ARGV[1], ARGV[2], {}
-if ARGV[3] == '1' then
+# After an outage. ARGV: prefix, id, max connections per user, first chunk ('1':
+# forget what the node had registered), then (user, value, connected_at) triples,
+# one per connection. A connection goes in by its age beside the user's entries on
+# live nodes; an entry of the same named device that is newer, or the cap, may
+# leave it out. Returns user, conn_id pairs of connections left out (to close).
+RESYNC = (
+    _ENTRIES
+    + """
+local p, me, max, lost, alive = ARGV[1], ARGV[2], tonumber(ARGV[3]), {}, {}
+local function at_of(e) return tonumber(string.match(e, '^%d+|[^|]*|([^|]*)|')) end
+if ARGV[4] == '1' then
   for _, u in ipairs(redis.call('SMEMBERS', p..':users:'..me)) do
-    local v = redis.call('HGET', p..':presence', u)
-    if v and string.sub(v, 1, #me + 1) == me..'|' then redis.call('HDEL', p..':presence', u) end
+    local list = entries(redis.call('HGET', p..':presence', u))
+    local left = without(list, function(e) return node_of(e) ~= me end)
+    if #left ~= #list then store(p, u, left) end
   end
   redis.call('DEL', p..':users:'..me)
 end
-for i = 4, #ARGV, 3 do
+for i = 5, #ARGV, 3 do
   local u, v, ts = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local old, keep = redis.call('HGET', p..':presence', u), true
-  if old and old ~= v then
-    local id, ots = string.match(old, '^(%d+)|[^|]*|([^|]*)|')
-    if id ~= me and tonumber(ots) > ts and redis.call('EXISTS', p..':node:'..id) == 1 then
-      keep = false
+  local login, dev = string.match(v, '^(%d+|[^|]*|)[^|]*|([^|]*)|')
+  local out = false
+  local list = without(entries(redis.call('HGET', p..':presence', u)), function(e)
+    if string.sub(e, 1, #login) == login or not live(alive, p, node_of(e)) then return false end
+    local edev = string.match(e, '^%d+|[^|]*|[^|]*|([^|]*)|')
+    if dev == '' or edev ~= dev then return true end
+    if at_of(e) > ts then out = true return true end  -- a newer login of that device
+    return false
+  end)
+  if not out then
+    local pos = #list + 1
+    for j, e in ipairs(list) do if at_of(e) > ts then pos = j break end end
+    table.insert(list, pos, v)
+    while #list > max do
+      if table.remove(list, 1) == v then out = true end
     end
   end
-  if keep then
-    redis.call('HSET', p..':presence', u, v)
-    redis.call('SADD', p..':users:'..me, u)
-  else
+  store(p, u, list)
+  if out then
     lost[#lost + 1] = u
+    lost[#lost + 1] = string.match(v, '^%d+|([^|]*)|')
+  else
+    redis.call('SADD', p..':users:'..me, u)
   end
 end
 return lost
 """
+)
 
 # Keep one entry for several users. ARGV: prefix, sid, expires_ms, bounded (1/0),
 # max messages, max bytes, value, users... Returns the users it was kept for.
@@ -257,7 +338,9 @@ end
 """
 
 # Drop entries. ARGV: prefix, then user, sid pairs.
-FORGET = _DROP + """
+FORGET = (
+    _DROP
+    + """
 local p = ARGV[1]
 for i = 2, #ARGV, 2 do
   local u, sid = ARGV[i], ARGV[i + 1]
@@ -266,17 +349,23 @@ for i = 2, #ARGV, 2 do
 end
 return 0
 """
+)
 
 # What a connecting user is owed, when REGISTER could not tell (it failed during an
 # outage). ARGV: prefix, user, horizon_ms, tags...
-OWED = _OWED + """
+OWED = (
+    _OWED
+    + """
 return owed(ARGV[1], ARGV[2], ARGV[3], 4)
 """
+)
 
 # Claim expired entries of offline users. ARGV: prefix, now_ms, limit, recheck_ms.
 # An online user's entry is its node's to expire: looked at again after recheck_ms.
 # Returns user, sid, value triples.
-SWEEP = _DROP + """
+SWEEP = (
+    _DROP
+    + """
 local p, now, limit, recheck = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local due = p..':inbox_due'
 local out = {}
@@ -297,3 +386,4 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, lim
 end
 return out
 """
+)

@@ -151,3 +151,27 @@ async def test_broker_restart_is_survived(
     a.push_tags(["t"], b"tagged")
     assert (await alice.receive()).data == b"tagged"
     assert (await bob.receive()).data == b"tagged"
+
+
+async def test_a_disconnect_during_an_outage_still_records_when_the_user_left(
+    broker: str, own_broker: BrokerProcess, make_server: MakeServer, connect: Connect
+) -> None:
+    """The last-seen time decides which kept tag pushes a user missed: a disconnect
+    the broker did not hear of writes it once the broker is back."""
+    opts = broker_options(broker, new_prefix(), own_broker.url, broker_timeout=0.5)
+    a = await make_server(broker=broker, plugin=opts)
+    ann = await connect(a, "ann", tags=["news"])
+    await eventually(lambda: _count(a, 1))
+    await own_broker.kill()
+    await eventually(lambda: not a.broker.healthy())  # type: ignore[union-attr]
+    await ann.close()
+    await eventually(lambda: a.local.local_count() == 0)
+
+    await own_broker.start()  # restarted (Redis: empty)
+    await eventually(lambda: a.broker.healthy(), timeout=10)  # type: ignore[union-attr]
+    await eventually(lambda: not a.broker._unseen, timeout=10)  # type: ignore[union-attr]
+    sid = a.push_tags(["news"], b"while away", store=True).sid
+    await eventually(lambda: a.queue_length == 0)
+    again = await connect(a, "ann", tags=["news"])
+    got = await again.receive()
+    assert (got.sid, got.data) == (sid, b"while away")

@@ -120,6 +120,8 @@ class ClusterBroker(Broker):
         self._keeps: Batched[KeepRequest, list[str]] = Batched(self._keep_many, self.spawn)
         self._forgotten: list[tuple[str, int]] = []
         self._forgetter: asyncio.Task[None] | None = None
+        self._unseen: dict[str, float] = {}  # last-seen writes a failed disconnect left
+        self._seer: asyncio.Task[None] | None = None
         self.inbox_max_messages = int(options.get("inbox_max_messages") or 100)
         self.inbox_max_bytes = int(options.get("inbox_max_bytes") or 1 << 20)
         # A node that reads a user's entries tracks them from then on: their copies
@@ -210,7 +212,14 @@ class ClusterBroker(Broker):
 
     @abc.abstractmethod
     async def _saw(self, user: str, now: float) -> None:
-        """Record that ``user`` left at ``now`` (kept ``inbox_ttl``)."""
+        """Record that ``user`` left at ``now`` (kept ``inbox_ttl``), unless the
+        broker does it in ``_unregister``."""
+
+    async def _saw_many(self, seen: list[tuple[str, float]]) -> None:
+        """Record when each user left: the writes a failed disconnect left undone.
+        A broker that can batch them overrides this."""
+        for user, at in seen:
+            await self._saw(user, at)
 
     @abc.abstractmethod
     async def _sweep(self, now: int, limit: int) -> list[tuple[str, Entry]]:
@@ -238,7 +247,7 @@ class ClusterBroker(Broker):
                 log.error("%s broker task failed", self.name, exc_info=exc)
 
     async def _cancel_tasks(self) -> None:
-        for task in (self._sender, self._forgetter):  # what was queued still goes out
+        for task in (self._sender, self._forgetter, self._seer):  # what was queued still goes out
             if task is not None and not task.done():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(task), self.timeout)
@@ -503,7 +512,7 @@ class ClusterBroker(Broker):
                     await self._hold(user)
 
     async def disconnected(self, presence: Presence) -> None:
-        user = presence.user_id
+        user, now = presence.user_id, time.time()
         self._mirror(user)
         self._changed()
         try:
@@ -516,9 +525,36 @@ class ClusterBroker(Broker):
                 ):
                     await self._hold(user)
                 await self._unregister(presence)
-                await self._saw(user, time.time())
+                await self._saw(user, now)
         except Unavailable:
-            self._resync = True
+            self._resync = True  # the presence entry is rewritten when the broker is back
+            self._saw_later(user, now)
+
+    def _saw_later(self, user: str, at: float) -> None:
+        """Write the user's last-seen time when the broker answers again: a lost one
+        would cost the user the tag pushes kept for them (``owed``)."""
+        self._unseen.pop(user, None)
+        self._unseen[user] = at
+        if len(self._unseen) > MAX_FORGOTTEN:
+            del self._unseen[next(iter(self._unseen))]  # the oldest goes
+        if self._seer is None or self._seer.done():
+            self._seer = self.spawn(self._saw_all())
+
+    async def _saw_all(self) -> None:
+        delay = FIRST_RETRY
+        while self._unseen and not self._stopping:
+            await asyncio.sleep(delay)  # it just failed: give the broker a moment
+            batch = list(self._unseen.items())
+            self._unseen.clear()
+            try:
+                async with self.health.guard("last seen"):
+                    await self._saw_many(batch)
+                delay = FIRST_RETRY
+            except Unavailable as exc:
+                for user, at in batch:
+                    self._unseen.setdefault(user, at)  # a newer disconnect's time wins
+                log.debug("%d last-seen times not written yet: %s", len(batch), exc)
+                delay = min(delay * 2, LAST_RETRY)
 
     def report(self, node_id: int, outcome: AckOutcome) -> bool:
         self.outcomes.report(node_id, outcome)

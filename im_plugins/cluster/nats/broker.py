@@ -691,3 +691,6 @@ class NatsBroker(ClusterBroker):
     async def _saw(self, user: str, now: float) -> None:
         self._check()
         await self.seen_kv.put(user_key(user), repr(now).encode())
+
+    async def _saw_many(self, seen: list[tuple[str, float]]) -> None:
+        await gather_bounded([self._saw(user, at) for user, at in seen])

@@ -440,6 +440,13 @@ class RedisBroker(ClusterBroker):
     async def _saw(self, user: str, now: float) -> None:
         pass  # written by UNREGISTER, in the same round trip
 
+    async def _saw_many(self, seen: list[tuple[str, float]]) -> None:
+        ttl = int(self.inbox_ttl * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user, at in seen:
+                pipe.set(self._key("seen", user), repr(at), px=ttl)
+            await pipe.execute()
+
     async def _sweep(self, now: int, limit: int) -> list[tuple[str, Entry]]:
         recheck = int(self.ttl * 1000)
         flat = await self._script(self.s["SWEEP"], now, limit, recheck)

@@ -7,19 +7,23 @@
             await client.ack(msg.sid)
 
 The server pings; aiohttp answers with pongs, and ``heartbeat`` makes the client
-ping too. After an unexpected close the client reconnects with exponential
-backoff, unless the close code says not to (4500-4999, see docs/protocol.md).
+ping too. With ``reconnect=True`` (off by default) the client reconnects after an
+unexpected close with exponential backoff, unless the close code says not to
+(4500-4999, see docs/protocol.md). A refused connection raises ``ConnectError``
+with the server's status and reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aiohttp
 import attrs
+import orjson
 
 from .wire import WIRES, Wire
 
@@ -34,12 +38,27 @@ class Message:
     data: bytes
 
 
-class ConnectError(Exception):
-    """The server refused the connection before the upgrade."""
+MAX_REFUSAL = 64 * 1024  # bytes of a refusal's body read for its reason
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status}: {message}")
+
+class ConnectError(Exception):
+    """The server refused the connection before the upgrade: ``status`` is the HTTP
+    status, ``reason`` the server's message (``code`` its error code, if it gave one)."""
+
+    def __init__(self, status: int, reason: str, code: str = "") -> None:
+        super().__init__(f"{status}: {reason}")
         self.status = status
+        self.reason = reason
+        self.code = code
+
+
+def _refusal(body: bytes) -> tuple[str, str]:
+    """(reason, code) of a refusal's body: im's JSON error, else its text."""
+    try:
+        error = orjson.loads(body)["error"]
+        return str(error["message"]), str(error.get("code", ""))
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return body.decode(errors="replace").strip(), ""
 
 
 class Closed(Exception):
@@ -87,6 +106,7 @@ class Client:
         self._reader: asyncio.Task[None] | None = None
         self._closing = False
         self._connected = asyncio.Event()
+        self._refused = b""  # the body of the last refusal
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -96,19 +116,40 @@ class Client:
         await self.close()
 
     async def connect(self) -> None:
-        """Open the connection; raise ConnectError if the server refuses it."""
-        self._session = self._session or aiohttp.ClientSession()
-        await self._open()
+        """Open the connection; raise ConnectError if the server refuses it (the
+        client is then closed: nothing is left open)."""
+        if self._session is None:
+            # The refusal's body (its reason) is read as the response ends: aiohttp
+            # drops it before it raises the handshake error.
+            trace = aiohttp.TraceConfig()
+            trace.on_request_end.append(self._read_refusal)
+            self._session = aiohttp.ClientSession(trace_configs=[trace])
+        try:
+            await self._open()
+        except BaseException:
+            await self.close()
+            raise
         self._reader = asyncio.ensure_future(self._read_loop())
+
+    async def _read_refusal(
+        self, session: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceRequestEndParams
+    ) -> None:
+        response = params.response
+        if response.status != 101:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with asyncio.timeout(5):
+                    self._refused = await response.content.read(MAX_REFUSAL)
 
     async def _open(self) -> None:
         assert self._session is not None
+        self._refused = b""
         try:
             self._ws = await self._session.ws_connect(
                 self.url, params=self.params, heartbeat=self.heartbeat, autoping=True
             )
         except aiohttp.WSServerHandshakeError as exc:
-            raise ConnectError(exc.status, exc.message) from None
+            reason, code = _refusal(self._refused) if self._refused else (exc.message, "")
+            raise ConnectError(exc.status, reason, code) from None
         self.connects += 1
         self._connected.set()
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 
-from im_client import Client
+from im_client import Client, ConnectError
 from im_client.wire import WIRES
-from im_core import CloseCode, Server
+from im_core import CloseCode, ConnectRequest, Reject, Server, hookimpl
 from im_plugins.json_codec import JsonCodec
 from im_plugins.protobuf_codec import ProtobufCodec
 
@@ -87,3 +89,28 @@ def test_client_wire_and_server_codec_agree(codec: JsonCodec | ProtobufCodec) ->
     assert codec.decode_client(wire.encode_client(acks=(3,))).acks == (3,)
     assert codec.decode_client(wire.encode_client(acks=(3, 4))).acks == (3, 4)
     assert codec.decode_client(wire.encode_client(data=b"up")).data == b"up"
+
+
+async def test_a_refusal_carries_the_servers_status_and_reason(make_server) -> None:
+    class Auth:
+        @hookimpl
+        def im_validate(self, request: ConnectRequest) -> Reject:
+            return Reject("token expired", 401)
+
+    server = await make_server(plugins=(Auth(),))
+    with pytest.raises(ConnectError) as info:
+        await Client(ws_url(server), "old-token").connect()
+    assert (info.value.status, info.value.reason) == (401, "token expired")
+    assert info.value.code == "unauthenticated"
+    assert str(info.value) == "401: token expired"
+
+
+async def test_a_refused_client_leaves_nothing_open(server: Server) -> None:
+    client = Client(ws_url(server), "")  # an empty token: 400
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(ConnectError):
+            await client.connect()
+        del client
+        gc.collect()
+    assert not [w for w in caught if "Unclosed" in str(w.message)]

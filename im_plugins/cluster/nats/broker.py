@@ -56,6 +56,7 @@ MISSING = (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError)
 T = TypeVar("T")
 WRONG_LAST_SEQUENCE = 10071  # JetStream: the key was written since we read it
 SEEN = 4096  # remembered tag-push ids (a push to several tags arrives once per tag)
+SWEEP_READS = 1000  # users' kept entries read per sweep round (the rest in later rounds)
 
 
 def user_key(user: str) -> str:
@@ -98,6 +99,7 @@ class NatsBroker(ClusterBroker):
         self._seen_order: deque[tuple[int, int]] = deque()
         self._tag_subs: dict[str, Subscription] = {}
         self._node_rev = 0
+        self._sweep_from = 0  # where the next sweep round's window of users starts
 
     def _subject(self, *parts: object) -> str:
         return ".".join((self.prefix, *map(str, parts)))
@@ -607,7 +609,11 @@ class NatsBroker(ClusterBroker):
 
     async def _sweep(self, now: int, limit: int) -> list[tuple[str, Entry]]:
         self._check()
-        keys = await self._keys("inbox")
+        keys = sorted(await self._keys("inbox"))
+        if len(keys) > SWEEP_READS:  # a window per round, so a round's cost is bounded
+            start = self._sweep_from % len(keys)
+            keys = (keys[start:] + keys[:start])[:SWEEP_READS]
+            self._sweep_from = start + SWEEP_READS
         users = [user_of(k) for k in keys]
         values = await gather_bounded([self._get(self.inbox_kv, k) for k in keys])
         due = [

@@ -6,12 +6,18 @@ precedence: flag > environment > file > default. Plugins add their own options
 through ``im_add_options``. ``--plugin`` (repeatable; also ``IM_PLUGINS``, comma
 separated) loads a plugin by entry-point name or dotted module path;
 ``--plugin no:NAME`` blocks one.
+
+Misconfiguration is one line on stderr and exit status 2, before anything listens:
+a bad option value, a plugin that cannot be loaded (``im-run plugins`` and
+``--help`` still work and list it as broken), a plugin that refuses to start. An
+``IM_*`` variable that names no option is a warning with the closest known name.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import logging
 import os
 import signal
@@ -22,11 +28,27 @@ from typing import Any
 
 import attrs
 
+from . import logs
+from .errors import ConfigError
 from .options import Options, checked, flag, settable
-from .plugins import Hooks, PluginError, get_plugin_manager, plugin_table
-from .server import ConfigError, Server
+from .plugins import Hooks, PluginError, get_plugin_manager, plugin_table, validate_order
+from .server import Server
 
 log = logging.getLogger("im")
+
+#: ``IM_*`` variables that are not options: read by im-run, the plugin manager and
+#: im-ctl. ``IM_TEST_*`` belong to the test suite.
+OTHER_VARIABLES = frozenset(
+    (
+        "IM_CONFIG",
+        "IM_PLUGINS",
+        "IM_LOG_LEVEL",
+        "IM_LOG_FORMAT",
+        "IM_DISABLE_PLUGIN_AUTOLOAD",
+        "IM_TRACE_HOOKS",
+        "IM_URL",
+    )
+)
 
 
 class UsageError(Exception):
@@ -53,9 +75,18 @@ def _help(text: str, default: Any) -> str:
     return f"{text} (default: {default})"
 
 
-def build_parser(declared: Declared) -> argparse.ArgumentParser:
+def build_parser(
+    declared: Declared, broken: dict[str, str] | None = None
+) -> argparse.ArgumentParser:
+    epilog = None
+    if broken:
+        epilog = "broken plugins (not loaded): " + "; ".join(
+            f"{name}: {why}" for name, why in sorted(broken.items())
+        )
     parser = argparse.ArgumentParser(
-        prog="im-run", description="im: a real-time push server (WebSocket + gRPC + HTTP)."
+        prog="im-run",
+        description="im: a real-time push server (WebSocket + gRPC + HTTP).",
+        epilog=epilog,
     )
     parser.add_argument(
         "command",
@@ -72,7 +103,14 @@ def build_parser(declared: Declared) -> argparse.ArgumentParser:
         metavar="NAME",
         help="load a plugin (entry-point name or module); no:NAME blocks one",
     )
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+    parser.add_argument(
+        "--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR (env IM_LOG_LEVEL)"
+    )
+    parser.add_argument(
+        "--log-format",
+        default=None,
+        help="text (default) or json, one object per line (env IM_LOG_FORMAT)",
+    )
     for field in declared.fields():
         parser.add_argument(
             flag(field.name),
@@ -139,23 +177,46 @@ def _plugins_from(argv: Sequence[str]) -> list[str]:
     return env + named
 
 
+def unknown_variables(declared: Declared) -> list[str]:
+    """A warning for each ``IM_*`` variable that names nothing im reads."""
+    known = {"IM_" + f.name.upper() for f in declared.fields()} | OTHER_VARIABLES
+    out = []
+    for name in sorted(os.environ):
+        if not name.startswith("IM_") or name in known or name.startswith("IM_TEST_"):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        out.append(f"unknown variable {name} ignored{hint}")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     plugins = _plugins_from(argv)
+    broken: dict[str, str] = {}
     try:
-        pm = get_plugin_manager(plugins)
+        pm = get_plugin_manager(plugins, broken=broken)
         declared = Declared(pm)
-        args = build_parser(declared).parse_args(argv)
+        args = build_parser(declared, broken).parse_args(argv)
+        if args.command == "plugins":
+            return list_plugins(pm, broken)
+        if broken:
+            name, why = sorted(broken.items())[0]
+            raise PluginError(why if why.startswith("cannot load") else f"plugin {name!r}: {why}")
+        level, fmt = logs.check(
+            args.log_level or os.environ.get("IM_LOG_LEVEL") or "INFO",
+            args.log_format or os.environ.get("IM_LOG_FORMAT") or "text",
+        )
         options = resolve_options(args, plugins, declared)
     except (PluginError, UsageError) as exc:
         print(f"im-run: error: {exc}", file=sys.stderr)
         return 2
-    if args.command == "plugins":
-        for name, hooks in plugin_table(pm):
-            print(f"{name:<20} {', '.join(hooks) or '-'}")
-        return 0
-    level = (args.log_level or os.environ.get("IM_LOG_LEVEL") or "INFO").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    except ValueError as exc:  # logs.check
+        print(f"im-run: error: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(level, fmt)
+    for warning in unknown_variables(declared):
+        log.warning("%s", warning)
     try:
         import uvloop
     except ImportError:
@@ -169,6 +230,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def list_plugins(pm: Any, broken: dict[str, str]) -> int:
+    """``im-run plugins``: each plugin and its hooks, broken ones, who validates."""
+    for name, hooks in plugin_table(pm):
+        print(f"{name:<20} {', '.join(hooks) or '-'}")
+    for name, why in sorted(broken.items()):
+        print(f"{name:<20} (broken: {why})")
+    order = validate_order(pm)
+    print(f"\nim_validate is asked in this order: {', '.join(order) or '(no plugin)'}")
+    return 0
+
+
 async def serve(server: Server) -> int:
     """Run until SIGTERM/SIGINT, then drain gracefully."""
     stop = asyncio.Event()
@@ -177,9 +249,15 @@ async def serve(server: Server) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
+    except ConfigError:
+        raise  # one line, exit status 2 (main)
     except OSError as exc:
         log.error("cannot start: %s", exc)
         await server.stop()
+        return 1
+    except Exception as exc:  # a plugin's bug: one line; the traceback at DEBUG
+        log.error("cannot start: %s: %s", type(exc).__name__, exc)
+        log.debug("cannot start", exc_info=True)
         return 1
     ports = ", ".join(f"{t.name} :{getattr(t, 'port', '?')}" for t in server.transports)
     log.info(

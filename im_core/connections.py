@@ -75,8 +75,14 @@ class Connections:
                 return attrs.evolve(result, device="")  # one device: it has no name
             else:
                 return attrs.evolve(result, device=device)
-        if not isinstance(result, Reject):
+        if result is None:
             result = Reject("no validate plugin accepted the credentials", 401)
+        elif not isinstance(result, Reject):
+            log.error(
+                "plugin bug: im_validate returned %s, not Identity, Reject or None",
+                type(result).__name__,
+            )
+            result = Reject("internal error", 500)
         await server.hooks.validate_failed(server, request, result)
         raise Rejected(result)
 

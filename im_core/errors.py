@@ -26,6 +26,24 @@ class CloseCode(enum.IntEnum):
     KICKED = 4502  # removed by a backend
 
 
+class ConfigError(Exception):
+    """The node cannot serve with these options or plugins: ``im-run`` prints the
+    message as one line and exits with status 2 before it listens. A plugin raises
+    it from ``im_startup`` to refuse to start (say why in one line)."""
+
+
+class StartupFailed(ConfigError):
+    """A plugin's ``im_startup`` raised: the message names the plugin."""
+
+    def __init__(self, plugin: str, exc: BaseException) -> None:
+        if isinstance(exc, ConfigError):
+            message = f"plugin {plugin!r}: {exc}"
+        else:
+            message = f"plugin {plugin!r} failed to start: {type(exc).__name__}: {exc}"
+        super().__init__(message)
+        self.plugin = plugin
+
+
 class ImError(Exception):
     """Base of errors the push APIs turn into a status (gRPC code / HTTP status)."""
 

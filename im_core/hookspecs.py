@@ -102,10 +102,14 @@ def im_broker(server: ServerAPI) -> Broker | None:
 
 @hookspec
 def im_startup(server: ServerAPI) -> None:
-    """The node is up: transports listen, the broker is connected.
+    """The node is about to serve: the broker is connected, transports are made
+    but do not listen yet (as aiohttp's ``on_startup``).
 
-    Use it to start a plugin's own background work. All implementations run, in
-    order; an exception aborts startup.
+    Use it to check a plugin's settings and start its own background work. All
+    implementations run, in order. Raise ``im_core.ConfigError("why")`` to refuse
+    to start: ``im-run`` prints ``plugin 'NAME': why`` and exits with status 2; any
+    other exception aborts the start the same way (``plugin 'NAME' failed to start:
+    ...``). Nothing has listened by then.
     """
 
 

@@ -2,13 +2,20 @@
 
 Load order: hook specs -> built-in plugins (``DEFAULT_PLUGINS``) -> entry points of
 the group ``im`` (unless ``IM_DISABLE_PLUGIN_AUTOLOAD`` is set) -> plugins named
-with ``--plugin``. ``--plugin no:NAME`` blocks a plugin by name, built-in or not.
-Later registrations are asked first by firstresult hooks, so an installed plugin
-overrides a built-in one. ``IM_TRACE_HOOKS=1`` logs every hook call.
+with ``--plugin``, in the order named (one loaded already, as an entry point, moves
+to its place). ``--plugin no:NAME`` blocks a plugin by name, built-in or not.
+Later registrations are asked first by firstresult hooks and ``im_validate``, so an
+installed plugin overrides a built-in one and the last ``--plugin`` decides first.
+``IM_TRACE_HOOKS=1`` logs every hook call.
+
+A plugin that cannot be loaded (its import fails, or it implements a hook, or a
+hook argument, that is not in ``hookspecs``) is named in a ``PluginError``; the
+command line can collect such plugins instead (``broken``) to list them.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import logging
@@ -21,6 +28,7 @@ import attrs
 import pluggy
 
 from . import hookspecs
+from .errors import StartupFailed
 
 if TYPE_CHECKING:
     from .ack import AckOutcome
@@ -56,16 +64,29 @@ OPTIONAL_PLUGINS: dict[str, str] = {"demo": "im_plugins.demo"}
 
 
 class PluginError(Exception):
-    """A plugin named on the command line could not be loaded."""
+    """A plugin could not be loaded; the message names it."""
 
 
 def get_plugin_manager(
-    plugins: Iterable[str] = (), *, autoload: bool | None = None
+    plugins: Iterable[str] = (),
+    *,
+    autoload: bool | None = None,
+    broken: dict[str, str] | None = None,
 ) -> pluggy.PluginManager:
-    """Build the plugin manager: specs, built-ins, entry points, then ``plugins``."""
+    """Build the plugin manager: specs, built-ins, entry points, then ``plugins``.
+
+    A plugin that cannot be loaded raises ``PluginError``, or, when ``broken`` is
+    given, is left out and recorded there (name -> why).
+    """
     pm = pluggy.PluginManager("im")
     pm.add_hookspecs(hookspecs)
     plugins = list(plugins)
+
+    def fail(name: str, why: str) -> None:
+        if broken is None:
+            raise PluginError(f"plugin {name!r} cannot be loaded: {why}")
+        broken[name] = why
+
     for spec in plugins:
         if spec.startswith("no:"):
             pm.set_blocked(spec[3:])
@@ -75,31 +96,80 @@ def get_plugin_manager(
     if autoload is None:
         autoload = not os.environ.get(AUTOLOAD_ENV)
     if autoload:
-        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
+                continue
+            try:
+                _register(pm, ep.load(), ep.name)
+            except Exception as exc:  # an installed plugin's bug must not stop every im-run
+                fail(ep.name, _why(exc))
     for spec in plugins:
         if not spec.startswith("no:"):
-            load_plugin(pm, spec)
-    pm.check_pending()
+            try:
+                load_plugin(pm, spec)
+            except PluginError as exc:
+                if broken is None:
+                    raise
+                broken[spec] = str(exc)
+    for name, why in _unknown_hooks(pm):
+        pm.unregister(name=name)
+        fail(name, why)
     if os.environ.get(TRACE_ENV):
         pm.trace.root.setwriter(log.info)
         pm.enable_tracing()
     return pm
 
 
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, pluggy.PluginValidationError):
+        return " ".join(str(exc).split())  # pluggy's lines, on one
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    """Register ``plugin`` as ``name``, last (asked first); one registered already
+    moves there."""
+    if pm.has_plugin(name):
+        pm.unregister(name=name)
+    pm.register(plugin, name)
+
+
+def _unknown_hooks(pm: pluggy.PluginManager) -> list[tuple[str, str]]:
+    """(plugin, why) for every plugin implementing a hook ``hookspecs`` lacks."""
+    known = [n for n in dir(hookspecs) if n.startswith("im_")]
+    found: dict[str, str] = {}
+    for hook_name in dir(pm.hook):
+        caller = getattr(pm.hook, hook_name)
+        if hook_name.startswith("_") or not isinstance(caller, pluggy.HookCaller):
+            continue
+        if caller.spec is not None:
+            continue
+        close = difflib.get_close_matches(hook_name, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        for impl in caller.get_hookimpls():
+            found.setdefault(
+                impl.plugin_name, f"implements {hook_name!r}, which is not an im hook{hint}"
+            )
+    return sorted(found.items())
+
+
 def load_plugin(pm: pluggy.PluginManager, spec: str) -> None:
-    """Register the plugin ``spec``: an optional built-in's name, an entry-point name
-    of the group ``im``, or a dotted module path."""
-    if pm.has_plugin(spec) or pm.is_blocked(spec):
+    """Register the plugin ``spec`` last (asked first): an optional built-in's name,
+    an entry-point name of the group ``im``, or a dotted module path."""
+    if pm.is_blocked(spec):
         return
     if spec in OPTIONAL_PLUGINS:
-        pm.register(importlib.import_module(OPTIONAL_PLUGINS[spec]), spec)
+        _register(pm, importlib.import_module(OPTIONAL_PLUGINS[spec]), spec)
+        return
+    if pm.has_plugin(spec):  # an entry point autoloaded it: named, it moves last
+        _register(pm, pm.get_plugin(spec), spec)
         return
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == spec:
             try:
-                pm.register(ep.load(), spec)
+                _register(pm, ep.load(), spec)
             except Exception as exc:
-                raise PluginError(f"cannot load plugin {spec!r}: {exc}") from exc
+                raise PluginError(f"cannot load plugin {spec!r}: {_why(exc)}") from exc
             return
     try:
         module = importlib.import_module(spec)
@@ -108,7 +178,34 @@ def load_plugin(pm: pluggy.PluginManager, spec: str) -> None:
             f"cannot load plugin {spec!r}: no entry point of that name in group "
             f"{ENTRY_POINT_GROUP!r} and no importable module ({exc})"
         ) from exc
-    pm.register(module, spec)
+    except Exception as exc:
+        raise PluginError(f"cannot load plugin {spec!r}: {_why(exc)}") from exc
+    try:
+        _register(pm, module, spec)
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"cannot load plugin {spec!r}: {_why(exc)}") from exc
+
+
+def _culprit(caller: pluggy.HookCaller, exc: BaseException) -> str:
+    """The plugin whose implementation of ``caller``'s hook raised ``exc`` (the
+    innermost frame of one in the traceback)."""
+    codes = {}
+    for impl in caller.get_hookimpls():
+        code = getattr(impl.function, "__code__", None)
+        if code is not None:  # a plugin registered without a name is named by its id
+            name = impl.plugin_name
+            codes[code] = type(impl.plugin).__name__ if name.isdigit() else name
+    name = "?"
+    tb = exc.__traceback__
+    while tb is not None:
+        name = codes.get(tb.tb_frame.f_code, name)
+        tb = tb.tb_next
+    return name
+
+
+def validate_order(pm: pluggy.PluginManager) -> list[str]:
+    """The plugins implementing ``im_validate``, in the order they are asked."""
+    return [impl.plugin_name for impl in reversed(pm.hook.im_validate.get_hookimpls())]
 
 
 def plugin_table(pm: pluggy.PluginManager) -> list[tuple[str, list[str]]]:
@@ -188,7 +285,13 @@ class Hooks:
         return [await await_me_maybe(r) for r in caller(**kwargs)]
 
     async def startup(self, server: Server) -> None:
-        await self._all(self._hook.im_startup, server=server)
+        """Every ``im_startup``; one that raises aborts the start with
+        ``StartupFailed``, which names its plugin."""
+        caller = self._hook.im_startup
+        try:
+            await self._all(caller, server=server)
+        except Exception as exc:
+            raise StartupFailed(_culprit(caller, exc), exc) from exc
 
     async def shutdown(self, server: Server) -> None:
         for r in self._hook.im_shutdown(server=server):

@@ -25,7 +25,14 @@ from .bucket import Buckets
 from .codec import Codec
 from .connection import Outbox
 from .connections import Connections
-from .errors import CloseCode, InvalidArgument, NotFound, PayloadTooLarge, Unavailable
+from .errors import (
+    CloseCode,
+    ConfigError,
+    InvalidArgument,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+)
 from .local_node import Node
 from .options import Options, flag
 from .outcomes import OutcomeFeed
@@ -36,8 +43,7 @@ from .transport import Transport
 log = logging.getLogger("im.server")
 
 
-class ConfigError(Exception):
-    """The plugins cannot serve the options (unknown broker, unknown codec)."""
+__all__ = ["ConfigError", "PushResult", "Queued", "Server", "Stats"]
 
 
 @attrs.frozen
@@ -154,11 +160,13 @@ class Server:
         stack.push_async_callback(self.queue.close)
         self.queue.start()
         self.transports = self.hooks.transports(self)
+        # Plugins start before anything listens (aiohttp's on_startup): one that
+        # refuses (ConfigError) or fails stops the node before a client can connect.
+        stack.push_async_callback(self.hooks.shutdown, self)
+        await self.hooks.startup(self)
         for transport in self.transports:
             stack.push_async_callback(transport.close)  # also undoes a partial start
             await transport.start(self)
-        stack.push_async_callback(self.hooks.shutdown, self)
-        await self.hooks.startup(self)
 
     async def stop(self) -> None:
         """Graceful shutdown: stop accepting, drain queued pushes, close every

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from im_core import Options, Server, hookimpl
+from im_core.errors import StartupFailed
 from im_core.plugins import get_plugin_manager
 from im_plugins.memory_broker import MemoryBroker
 
@@ -86,7 +87,8 @@ async def test_failed_start_is_undone(step: str) -> None:
     else:
         plugins.append(StartupFails())
     try:
-        with pytest.raises((RuntimeError, OSError)):
+        # A failing im_startup is named: StartupFailed, a ConfigError.
+        with pytest.raises((RuntimeError, OSError, StartupFailed)):
             await _start(http_port, rpc_port, *plugins)
     finally:
         if taken is not None:
@@ -106,9 +108,10 @@ async def test_async_with_undoes_a_failed_start() -> None:
     pm.register(StartupFails())
     options = Options.from_values(host="127.0.0.1", http_port=http_port, rpc_port=rpc_port)
     server = Server(options, pm)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StartupFailed, match="plugin 'StartupFails' failed to start") as info:
         async with server:
             pass
+    assert isinstance(info.value.__cause__, RuntimeError)
     assert _refused(http_port) and not server.started
     await server.stop()  # a no-op, not an error
 

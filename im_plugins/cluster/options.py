@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 from attrs import validators as v
@@ -34,10 +35,26 @@ class ClusterOptions:
     )
 
 
+def url_of(*schemes: str) -> Callable[[Any, attrs.Attribute[Any], str], None]:
+    """A validator: comma-separated URLs with one of ``schemes`` and a host (or a
+    path, for ``unix``)."""
+
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+        for url in value.split(","):
+            parts = urlsplit(url.strip())
+            if parts.scheme not in schemes or not (parts.hostname or parts.path):
+                want = ", ".join(f"{s}://" for s in schemes)
+                raise ValueError(f"{attribute.name} must be a URL ({want}), got {url.strip()!r}")
+
+    return check
+
+
 @attrs.define(kw_only=True)
 class RedisOptions:
     redis_url: str = option(
-        "redis://127.0.0.1:6379/0", "Redis URL of the redis broker", validator=v.instance_of(str)
+        "redis://127.0.0.1:6379/0",
+        "Redis URL of the redis broker",
+        validator=[v.instance_of(str), url_of("redis", "rediss", "unix")],
     )
 
 
@@ -45,8 +62,8 @@ class RedisOptions:
 class NatsOptions:
     nats_url: str = option(
         "nats://127.0.0.1:4222",
-        "NATS URL of the nats broker (JetStream enabled)",
-        validator=v.instance_of(str),
+        "NATS URL of the nats broker (JetStream enabled; several: comma-separated)",
+        validator=[v.instance_of(str), url_of("nats", "tls", "ws", "wss")],
     )
 
 

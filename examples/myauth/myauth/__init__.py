@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from im_core import ConnectRequest, Identity, Reject, hookimpl
+from im_core import ConfigError, ConnectRequest, Identity, Reject, hookimpl
 from im_core.options import option
 
 SECRET_ENV = "MYAUTH_SECRET"
@@ -72,11 +72,21 @@ def im_add_options(add: Callable[..., None]) -> None:
     add(MyauthOptions)
 
 
+def _secret(server: Any) -> str | None:
+    return server.options.of(MyauthOptions).myauth_secret or os.environ.get(SECRET_ENV)
+
+
+@hookimpl
+def im_startup(server: Any) -> None:
+    if not _secret(server):  # refuse to start rather than refuse every client
+        raise ConfigError(f"no secret: set {SECRET_ENV} or --myauth-secret")
+
+
 @hookimpl
 def im_validate(server: Any, request: ConnectRequest) -> Identity | Reject:
-    secret = server.options.of(MyauthOptions).myauth_secret or os.environ.get(SECRET_ENV)
-    if not secret:
-        return Reject("server misconfigured: no myauth secret", 500)
+    secret = _secret(server)
+    if not secret:  # checked at startup; the secret cannot go away meanwhile
+        return Reject("internal error", 500)
     if not request.token:
         return Reject("token: required", 401)
     return check_token(request.token, secret)

@@ -194,6 +194,8 @@ class NatsBroker(ClusterBroker):
         raise ConnectionError("nats broker: all 1024 node ids are taken")
 
     async def stop(self) -> None:
+        if not hasattr(self, "nodes_kv"):
+            return  # it never started (start closed what it opened)
         await self._cancel_tasks()
         try:
             async with asyncio.timeout(self.timeout):

@@ -146,6 +146,8 @@ class RedisBroker(ClusterBroker):
         return node_id
 
     async def stop(self) -> None:
+        if not hasattr(self, "redis"):
+            return  # it never started
         await self._cancel_tasks()
         try:
             async with asyncio.timeout(self.timeout):

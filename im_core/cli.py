@@ -260,6 +260,8 @@ async def serve(server: Server) -> int:
         log.debug("cannot start", exc_info=True)
         return 1
     ports = ", ".join(f"{t.name} :{getattr(t, 'port', '?')}" for t in server.transports)
+    plugins = [name for name, plugin in server.pm.list_name_plugin() if plugin is not None]
+    validate = validate_order(server.pm)
     log.info(
         "im node %s serving (%s), broker %s, codec %s",
         server.node_id,
@@ -267,8 +269,14 @@ async def serve(server: Server) -> int:
         server.options.broker,
         server.options.codec,
     )
+    log.info(
+        "plugins: %s; im_validate asked in this order: %s",
+        ", ".join(plugins),
+        ", ".join(validate) or "(none: every connection is refused)",
+        extra={"im": {"event": "plugins", "plugins": plugins, "validate": validate}},
+    )
     await stop.wait()
-    log.info("shutting down: closing %d connections", server.local.local_count())
+    log.info("shutting down: draining, then closing %d connections", server.local.local_count())
     await server.stop()
     return 0
 

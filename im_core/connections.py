@@ -22,6 +22,7 @@ from .broker import Kept, Presence
 from .codec import BadFrame
 from .connection import Closer, Connection, Format, Writer
 from .errors import CloseCode, InvalidArgument
+from .events import close_class, events
 from .identity import ConnectRequest, Identity, Reject
 from .options import MESSAGE_TYPES
 
@@ -153,6 +154,14 @@ class Connections:
                 entry.queued = False  # that queue is gone: the next connection catches up
             raise
         self._catch_up(conn, owed)
+        if events.enabled(logging.DEBUG):
+            events.debug(
+                "connected %s", conn.user_id,
+                extra={"im": {
+                    "event": "connect", "user": conn.user_id, "device": conn.device,
+                    "conn": conn.conn_id, "format": repr(fmt), "remote": remote or "",
+                }},
+            )  # fmt: skip
         return conn
 
     def _catch_up(self, conn: Connection, kept: list[Kept]) -> None:
@@ -193,6 +202,14 @@ class Connections:
         if server.buckets.remove(conn) and server.broker is not None:
             server.spawn(server.broker.disconnected(presence_of(conn, server.node_id)))
         server.tags.leave_all(conn)
+        kind = close_class(code)
+        events.info(
+            f"disconnect:{kind}", "disconnected %s: %d %s (%s)", conn.user_id, code, kind, reason,
+            extra={"im": {
+                "event": "disconnect", "user": conn.user_id, "conn": conn.conn_id,
+                "code": code, "class": kind, "reason": reason,
+            }},
+        )  # fmt: skip
         server.spawn(self._disconnected(conn, code, reason, received))
 
     async def _disconnected(

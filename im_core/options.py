@@ -162,6 +162,14 @@ class Options:
         5.0, "seconds to wait for in-flight calls and queued pushes on shutdown",
         converter=float, validator=positive,
     )
+    drain_delay: float = option(
+        0.0, "seconds /ready answers 503 on shutdown before the drain starts (load balancers)",
+        converter=float, validator=not_negative,
+    )
+    access_log: bool = option(
+        False, "log every call of the HTTP and gRPC push APIs (INFO, logger im.access)",
+        converter=to_bool,
+    )
     max_user_id_length: int = option(
         256, "longest user id a validate plugin may return (else 400)",
         converter=int, validator=positive,

@@ -53,6 +53,13 @@ class RateLimitedLog:
         self._logger.log(level, msg, *args, **kw)
         return True
 
+    def enabled(self, level: int) -> bool:
+        return self._logger.isEnabledFor(level)
+
+    def debug(self, msg: str, *args: Any, **kw: Any) -> None:
+        """Not limited: DEBUG is asked for."""
+        self._logger.debug(msg, *args, **kw)
+
     def info(self, cause: str, msg: str, *args: Any, **kw: Any) -> bool:
         return self.log(logging.INFO, cause, msg, *args, **kw)
 

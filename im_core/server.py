@@ -22,6 +22,7 @@ from .ack import AckOutcome, AckTracker, SidAllocator, Unacked, node_of
 from .broadcast import BroadcastQueue
 from .broker import Broker, Kind, Presence, Push
 from .bucket import Buckets
+from .calls import Calls
 from .codec import Codec
 from .connection import Outbox
 from .connections import Connections
@@ -33,6 +34,7 @@ from .errors import (
     PayloadTooLarge,
     Unavailable,
 )
+from .events import events
 from .local_node import Node
 from .options import Options, flag
 from .outcomes import OutcomeFeed
@@ -91,7 +93,9 @@ class Server:
         self.broker: Broker | None = None
         self.transports: list[Transport] = []
         self.started = False
+        self.draining = False  # shutting down: /ready says 503, new connections are refused
         self.stopping = False
+        self.calls = Calls(self.options.access_log)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: list[Any] = []
         self._stack = AsyncExitStack()
@@ -168,12 +172,29 @@ class Server:
             stack.push_async_callback(transport.close)  # also undoes a partial start
             await transport.start(self)
 
+    def ready(self) -> bool:
+        """Whether this node should get traffic: started (its transports listen),
+        its broker reachable, not draining (``/ready``)."""
+        broker = self.broker
+        return self.started and not self.draining and broker is not None and broker.healthy()
+
     async def stop(self) -> None:
-        """Graceful shutdown: stop accepting, drain queued pushes, close every
-        connection with 1001, then undo the start in reverse: shutdown hooks,
-        transports, workers, timers, background tasks, the broker."""
-        if not self.started or self.stopping:
+        """Graceful shutdown (docs/operations.md, "Graceful drain"): not ready from
+        now on (``/ready`` 503, new connections refused), ``--drain-delay`` for load
+        balancers to notice, up to ``--drain-timeout`` for API calls in flight; then
+        stop accepting, drain queued pushes, close every connection with 1001, and
+        undo the start in reverse: transports, shutdown hooks, workers, timers,
+        background tasks, the broker."""
+        if not self.started or self.draining:
             return
+        self.draining = True
+        opts = self.options
+        if opts.drain_delay:
+            log.info("draining: not ready; serving %.1f s more", opts.drain_delay)
+            await asyncio.sleep(opts.drain_delay)
+        left = await self.calls.idle(opts.drain_timeout)
+        if left:
+            log.warning("shutdown: %d API calls still in flight after the drain", left)
         self.stopping = True
         for transport in reversed(self.transports):
             await transport.stop_accepting()
@@ -436,7 +457,12 @@ class Server:
 
     async def kick(self, user_id: str, reason: str = "kicked") -> bool:
         assert self.broker is not None
-        return await self.broker.kick(user_id, int(CloseCode.KICKED), reason)
+        found = await self.broker.kick(user_id, int(CloseCode.KICKED), reason)
+        events.info(
+            "kick", "kicked %s (%s): %s", user_id, reason, "closed" if found else "not online",
+            extra={"im": {"event": "kick", "user": user_id, "reason": reason, "found": found}},
+        )  # fmt: skip
+        return found
 
     async def retag(
         self, user_id: str, add: Iterable[str] = (), remove: Iterable[str] = ()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from .broker import Broker, Presence
     from .bucket import Buckets
+    from .calls import Calls
     from .connections import Connections
     from .local_node import Node
     from .options import Options
@@ -30,7 +31,10 @@ class ServerAPI(Protocol):
     broker: Broker | None
     transports: list[Transport]
     started: bool
+    draining: bool  # shutting down: not ready, new connections refused
     stopping: bool
+    # --- API calls in flight and the access log (API plugins wrap each unary call)
+    calls: Calls
 
     # --- for client transports: admission, registration, inbound messages
     connections: Connections
@@ -92,3 +96,7 @@ class ServerAPI(Protocol):
     ) -> bool: ...
 
     async def stats(self) -> Stats: ...
+
+    def ready(self) -> bool:
+        """Started, broker reachable, not draining (``/ready``)."""
+        ...

@@ -101,9 +101,9 @@ async def own_broker(broker: str) -> AsyncIterator[BrokerProcess]:
     await proc.close()
 
 
-async def _health(server: Server) -> int:
+async def _status(server: Server, path: str) -> int:
     async with aiohttp.ClientSession() as session:
-        async with session.get(http_url(server, "/health")) as resp:
+        async with session.get(http_url(server, path)) as resp:
             return resp.status
 
 
@@ -119,7 +119,8 @@ async def test_broker_restart_is_survived(
 
     await own_broker.kill()
     await eventually(lambda: not a.broker.healthy() and not b.broker.healthy())  # type: ignore[union-attr]
-    assert await _health(a) == 503
+    assert await _status(a, "/ready") == 503  # send traffic elsewhere
+    assert await _status(a, "/health") == 200  # but alive: restarting would not help
     # Local connections stay and local pushes still work.
     assert (await a.push("alice", b"local")).missing == ()
     assert (await alice.receive()).data == b"local"
@@ -144,7 +145,7 @@ async def test_broker_restart_is_survived(
 
     await own_broker.start()  # restarted empty
     await eventually(lambda: a.broker.healthy() and b.broker.healthy(), timeout=10)  # type: ignore[union-attr]
-    assert await _health(a) == 200
+    assert await _status(a, "/ready") == 200
     await eventually(lambda: _count(a, 2), timeout=5)
     assert (await a.push("bob", b"remote again")).missing == ()
     assert (await bob.receive()).data == b"remote again"

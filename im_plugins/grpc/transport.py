@@ -17,6 +17,7 @@ from im_plugins.pb import basic_pb2, basic_pb2_grpc, im_v1_pb2, im_v1_pb2_grpc
 
 from .auth import ApiKeyInterceptor
 from .basic import BasicServicer
+from .calls import CallsInterceptor
 from .checked import register
 from .options import GrpcOptions
 from .v1 import ImServicer
@@ -76,7 +77,10 @@ class GrpcTransport:
 
     async def start(self, server: Server) -> None:
         key = server.options.api_key
-        main = self._new_server(server, [ApiKeyInterceptor(key)] if key else [])
+        interceptors: list[grpc.aio.ServerInterceptor] = [ApiKeyInterceptor(key)] if key else []
+        if server.options.access_log or logging.getLogger("im.api").isEnabledFor(logging.DEBUG):
+            interceptors.append(CallsInterceptor(server.calls))  # only then: a cost per call
+        main = self._new_server(server, interceptors)
         basic = BasicServicer(server)
         register(basic_pb2_grpc.add_BasicServicer_to_server, basic, main)
         register(im_v1_pb2_grpc.add_ImServicer_to_server, ImServicer(server), main)

@@ -373,8 +373,22 @@ def _authorized(request: web.Request, key: bytes) -> bool:
     return key_matches(key, headers.get("X-API-Key"), headers.get("Authorization"))
 
 
+#: Unary API paths by the im.v1 method they serve: tracked in ``server.calls``.
+TRACKED = {PREFIX + path: name for _, path, _, name in ROUTES if name and name not in STREAMING}
+
+
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    name = TRACKED.get(request.path)
+    if name is None:  # a stream, the OpenAPI document or an unknown path
+        return await _answer(request, handler)
+    with request.app[API_SERVER].calls.track("http", name, request.remote) as call:
+        response = await _answer(request, handler)
+        call.status = response.status
+        return response
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     key = request.app[API_KEY]
     try:
         if key and request.path not in OPEN_PATHS and not _authorized(request, key):

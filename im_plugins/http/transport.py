@@ -28,14 +28,13 @@ async def ping(request: web.Request) -> web.Response:
     return web.json_response({"status": 200, "data": "pong", "node": server.node_id})
 
 
-async def health(request: web.Request) -> web.Response:
-    """200 while the broker is reachable, 503 during an outage (load balancers)."""
-    server = request.app[SERVER]
+def _state(server: Server, ok: bool) -> web.Response:
     broker = server.broker
-    ok = broker is not None and broker.healthy() and not server.stopping
     body = {
         "status": "ok" if ok else "unavailable",
         "node": server.node_id,
+        "ready": server.ready(),
+        "draining": server.draining,
         "broker": {
             "name": broker.name if broker else None,
             "healthy": broker is not None and broker.healthy(),
@@ -43,6 +42,19 @@ async def health(request: web.Request) -> web.Response:
         "connections": server.local.local_count(),
     }
     return web.json_response(body, status=200 if ok else 503)
+
+
+async def health(request: web.Request) -> web.Response:
+    """Liveness: 200 while the process serves, whatever the broker (restarting a node
+    does not bring its broker back)."""
+    return _state(request.app[SERVER], True)
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: 200 when the node should get traffic (started, broker reachable,
+    not draining), else 503, so a load balancer sends elsewhere."""
+    server = request.app[SERVER]
+    return _state(server, server.ready())
 
 
 class HttpTransport:
@@ -72,6 +84,7 @@ class HttpTransport:
         app.router.add_post("/sse/send", send)
         app.router.add_get("/ping", ping)
         app.router.add_get("/health", health)
+        app.router.add_get("/ready", ready)
         app.add_subapp(PREFIX, api_app(server))
 
         def add_get(path: str, handler: Handler) -> None:  # im_http_routes

@@ -23,6 +23,7 @@ from im_core import ConnectRequest, Identity
 from im_core.connection import Format
 from im_core.connections import Rejected
 from im_core.errors import ImError
+from im_core.events import events
 from im_core.server import Server
 
 from .errors import json_error
@@ -50,23 +51,40 @@ async def admit(
     """Validate a connection attempt: its identity and its format on ``framing``'s
     wire (codec and message type from the query unless given), else raise
     ``BadRequest`` with the answer."""
-    if server.stopping:
-        raise BadRequest(503, "server is shutting down")
-    query = connect.query
     try:
-        identity = await server.connections.authenticate(connect)
-        fmt = server.connections.format_for(
-            codec or query.get("codec"), message_type or query.get("message_type"), framing
-        )
-    except Rejected as exc:
-        raise BadRequest(exc.reject.status, exc.reject.reason) from None
-    except ImError as exc:
-        raise BadRequest(exc.status, str(exc), code=exc.code) from None
-    except Exception:
-        # A validate plugin's bug: the client gets 500, the log one line with the traceback.
-        log.exception("validating a connection from %s failed", connect.remote)
-        raise BadRequest(500, "internal error") from None
+        if server.draining or server.stopping:
+            raise BadRequest(503, "server is shutting down")
+        query = connect.query
+        try:
+            identity = await server.connections.authenticate(connect)
+            fmt = server.connections.format_for(
+                codec or query.get("codec"), message_type or query.get("message_type"), framing
+            )
+        except Rejected as exc:
+            raise BadRequest(exc.reject.status, exc.reject.reason) from None
+        except ImError as exc:
+            raise BadRequest(exc.status, str(exc), code=exc.code) from None
+        except Exception:
+            # A validate plugin's bug: the client gets 500, the log one line with the traceback.
+            log.exception("validating a connection from %s failed", connect.remote)
+            raise BadRequest(500, "internal error") from None
+    except BadRequest as exc:
+        _refused(exc, connect)
+        raise
     return identity, fmt
+
+
+def _refused(exc: BadRequest, connect: ConnectRequest) -> None:
+    """One line per refusal cause and interval: never the token."""
+    remote = connect.remote or "-"
+    events.info(
+        f"refused:{exc.status}:{exc.message[:80]}",
+        "refused a connection from %s: %d %s", remote, exc.status, exc.message,
+        extra={"im": {
+            "event": "refused", "status": exc.status, "reason": exc.message,
+            "remote": remote, "path": connect.path,
+        }},
+    )  # fmt: skip
 
 
 def switch(edge: Edge, transport: asyncio.Transport, accept: bytes, key: object) -> WsProtocol:

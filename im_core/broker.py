@@ -63,6 +63,16 @@ class Presence:
 
 
 @attrs.frozen(slots=True)
+class NodeStat:
+    """A live node of the cluster as the broker knows it: the users with a
+    connection there and those connections."""
+
+    node_id: int
+    users: int
+    connections: int
+
+
+@attrs.frozen(slots=True)
 class TagKept:
     """A tag push kept with ``store`` (``Broker.keep_for_tags``), until ``expires``."""
 
@@ -198,6 +208,10 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def distribution(self) -> dict[str, TagStat]: ...
+
+    @abc.abstractmethod
+    async def nodes(self) -> list[NodeStat]:
+        """The live nodes of the cluster, this one included, any order."""
 
     @abc.abstractmethod
     async def kick(self, user_id: str, code: int, reason: str) -> bool: ...

@@ -20,7 +20,7 @@ import pluggy
 
 from .ack import AckOutcome, AckTracker, SidAllocator, Unacked, node_of
 from .broadcast import BroadcastQueue
-from .broker import Broker, Kind, Presence, Push
+from .broker import Broker, Kind, NodeStat, Presence, Push
 from .bucket import Buckets
 from .calls import Calls
 from .codec import Codec
@@ -454,6 +454,11 @@ class Server:
     async def distribution(self) -> dict[str, TagStat]:
         assert self.broker is not None
         return await self.broker.distribution()
+
+    async def nodes(self) -> list[NodeStat]:
+        """The cluster's live nodes, by node id."""
+        assert self.broker is not None
+        return sorted(await self.broker.nodes(), key=lambda n: n.node_id)
 
     async def kick(self, user_id: str, reason: str = "kicked") -> bool:
         assert self.broker is not None

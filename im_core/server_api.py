@@ -11,7 +11,7 @@ from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from .broker import Broker, Presence
+    from .broker import Broker, NodeStat, Presence
     from .bucket import Buckets
     from .calls import Calls
     from .connections import Connections
@@ -88,6 +88,8 @@ class ServerAPI(Protocol):
     async def devices(self, user_id: str) -> list[Presence]: ...
 
     async def distribution(self) -> dict[str, TagStat]: ...
+
+    async def nodes(self) -> list[NodeStat]: ...
 
     async def kick(self, user_id: str, reason: str = "kicked") -> bool: ...
 

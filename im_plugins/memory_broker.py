@@ -8,7 +8,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from im_core import hookimpl
-from im_core.broker import Broker, Kept, LocalNode, Presence, Push, TagKept, missed_pushes
+from im_core.broker import (
+    Broker,
+    Kept,
+    LocalNode,
+    NodeStat,
+    Presence,
+    Push,
+    TagKept,
+    missed_pushes,
+)
 from im_core.tags import TagStat
 
 if TYPE_CHECKING:
@@ -97,6 +106,10 @@ class MemoryBroker(Broker):
 
     async def distribution(self) -> dict[str, TagStat]:
         return self.node.local_distribution()
+
+    async def nodes(self) -> list[NodeStat]:
+        node = self.node
+        return [NodeStat(self.node_id, node.local_count(), node.local_connections())]
 
     async def kick(self, user_id: str, code: int, reason: str) -> bool:
         return self.node.kick_local(user_id, code, reason, None)

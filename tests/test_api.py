@@ -187,6 +187,13 @@ async def test_stats(server, api, connect) -> None:
     assert stats["queue_capacity"] == server.options.broadcast_buffer
 
 
+async def test_nodes_of_a_single_node(server, api, connect) -> None:
+    alice = await connect(server, "alice")
+    await online(server, alice)
+    reply = await api(server).call("Nodes")
+    assert reply == {"nodes": [{"node_id": server.node_id, "users": 1, "connections": 1}]}
+
+
 # --- errors -------------------------------------------------------------------------
 
 

@@ -157,6 +157,23 @@ async def _count_is(server: Server, n: int) -> bool:
     return await server.online_count() == n
 
 
+async def test_nodes_lists_the_live_nodes_with_their_numbers(node: Node, connect: Connect) -> None:
+    a, b = await node(), await node()
+    await connect(a, "u1")
+    await connect(a, "u2")
+    await connect(b, "u3")
+
+    async def nodes_are(server: Server, want: list[tuple[int, int, int]]) -> bool:
+        got = [(n.node_id, n.users, n.connections) for n in await server.nodes()]
+        return got == want
+
+    want = sorted([(a.node_id, 2, 2), (b.node_id, 1, 1)])
+    for s in (a, b):
+        await eventually(lambda s=s: nodes_are(s, want))
+    await b.stop()  # leaves the cluster: gone from the list at once
+    await eventually(lambda: nodes_are(a, [(a.node_id, 2, 2)]))
+
+
 async def test_every_read_of_the_count_and_distribution_is_exact(
     node: Node, connect: Connect
 ) -> None:

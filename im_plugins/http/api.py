@@ -344,7 +344,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 #: Methods read with GET (no body); every other unary method is a POST with a JSON body.
-GET = frozenset({"Ping", "Presence", "Distribution", "Stats", "AckEvents"})
+GET = frozenset({"Ping", "Presence", "Distribution", "Stats", "Nodes", "AckEvents"})
 #: The streaming methods, each in its HTTP form.
 STREAMING: dict[str, Handler] = {"PushStream": push_stream, "AckEvents": ack_events}
 

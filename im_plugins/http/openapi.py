@@ -97,6 +97,7 @@ OPERATIONS: dict[str, tuple[str, tuple[int, ...]]] = {
     "Retag": ("Add and remove tags of a connected user.", (400, 404, 408, 413, 503)),
     "Distribution": ("Per-tag online numbers.", (503,)),
     "Stats": ("Online count and this node's numbers.", (503,)),
+    "Nodes": ("The cluster's live nodes, each with its users and connections.", (503,)),
     "AckEvents": (
         "Server-sent events (text/event-stream) of the ack outcomes of pushes made "
         "through this node, wherever the user was connected: "

@@ -265,6 +265,26 @@ class StatsReply(_message.Message):
     online_connections: int
     def __init__(self, node_id: _Optional[int] = ..., online: _Optional[int] = ..., connections: _Optional[int] = ..., queue_length: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., unacked: _Optional[int] = ..., tag_groups: _Optional[int] = ..., online_connections: _Optional[int] = ...) -> None: ...
 
+class NodesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NodeInfo(_message.Message):
+    __slots__ = ("node_id", "users", "connections")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    users: int
+    connections: int
+    def __init__(self, node_id: _Optional[int] = ..., users: _Optional[int] = ..., connections: _Optional[int] = ...) -> None: ...
+
+class NodesReply(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
+
 class AckEventsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

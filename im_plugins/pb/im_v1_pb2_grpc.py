@@ -94,6 +94,11 @@ class ImStub:
                 request_serializer=im__plugins_dot_pb_dot_im__v1__pb2.StatsRequest.SerializeToString,
                 response_deserializer=im__plugins_dot_pb_dot_im__v1__pb2.StatsReply.FromString,
                 _registered_method=True)
+        self.Nodes = channel.unary_unary(
+                '/im.v1.Im/Nodes',
+                request_serializer=im__plugins_dot_pb_dot_im__v1__pb2.NodesRequest.SerializeToString,
+                response_deserializer=im__plugins_dot_pb_dot_im__v1__pb2.NodesReply.FromString,
+                _registered_method=True)
         self.AckEvents = channel.unary_stream(
                 '/im.v1.Im/AckEvents',
                 request_serializer=im__plugins_dot_pb_dot_im__v1__pb2.AckEventsRequest.SerializeToString,
@@ -193,6 +198,13 @@ class ImServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Nodes(self, request, context):
+        """The cluster's live nodes, by node id, each with its users and connections.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AckEvents(self, request, context):
         """Outcomes of pushes sent with ack through this node, wherever the user was
         connected (each reported once, on the node that took the push). Headers are sent
@@ -264,6 +276,11 @@ def add_ImServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=im__plugins_dot_pb_dot_im__v1__pb2.StatsRequest.FromString,
                     response_serializer=im__plugins_dot_pb_dot_im__v1__pb2.StatsReply.SerializeToString,
+            ),
+            'Nodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.Nodes,
+                    request_deserializer=im__plugins_dot_pb_dot_im__v1__pb2.NodesRequest.FromString,
+                    response_serializer=im__plugins_dot_pb_dot_im__v1__pb2.NodesReply.SerializeToString,
             ),
             'AckEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.AckEvents,
@@ -595,6 +612,33 @@ class Im:
             '/im.v1.Im/Stats',
             im__plugins_dot_pb_dot_im__v1__pb2.StatsRequest.SerializeToString,
             im__plugins_dot_pb_dot_im__v1__pb2.StatsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Nodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/im.v1.Im/Nodes',
+            im__plugins_dot_pb_dot_im__v1__pb2.NodesRequest.SerializeToString,
+            im__plugins_dot_pb_dot_im__v1__pb2.NodesReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -135,6 +135,10 @@ class ImMethods:
     async def Stats(self, request: pb.StatsRequest) -> pb.StatsReply:
         return pb.StatsReply(**attrs.asdict(await self.server.stats()))
 
+    async def Nodes(self, request: pb.NodesRequest) -> pb.NodesReply:
+        nodes = await self.server.nodes()
+        return pb.NodesReply(nodes=[pb.NodeInfo(**attrs.asdict(n)) for n in nodes])
+
 
 def ack_event(outcome: AckOutcome) -> pb.AckEvent:
     """The ``AckEvents`` message of one outcome (both APIs stream this)."""

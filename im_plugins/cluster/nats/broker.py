@@ -44,7 +44,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import StorageType
 from nats.js.kv import KeyValue
 
-from im_core.broker import LocalNode, Presence, Push, TagKept
+from im_core.broker import LocalNode, NodeStat, Presence, Push, TagKept
 from im_core.tags import TagStat
 
 from .. import wire
@@ -509,15 +509,20 @@ class NatsBroker(ClusterBroker):
         info = await self.js.stream_info(f"KV_{bucket}", subjects_filter=subjects + ">")
         return [subject[len(subjects) :] for subject in info.state.subjects or ()]
 
-    async def _nodes(self) -> list[dict[str, Any]]:
+    async def _nodes(self) -> dict[int, dict[str, Any]]:
+        """Node id -> its ``P_nodes`` entry, for every live node (key ``nN``)."""
         self._check()
         keys = await self._keys("nodes")
         entries = await asyncio.gather(*(self._get(self.nodes_kv, k) for k in keys))
-        return [orjson.loads(e.value) for e in entries if e is not None and e.value]
+        return {
+            int(k[1:]): orjson.loads(e.value)
+            for k, e in zip(keys, entries, strict=True)
+            if e is not None and e.value
+        }
 
     async def _counts(self) -> tuple[int, int]:
         # A user with connections on several nodes counts on each (docs/cluster.md).
-        nodes = await self._nodes()
+        nodes = (await self._nodes()).values()
         return sum(n["c"] for n in nodes), sum(n.get("k", n["c"]) for n in nodes)
 
     async def distribution(self) -> dict[str, TagStat]:
@@ -525,8 +530,13 @@ class NatsBroker(ClusterBroker):
             nodes = await self._nodes()
         return merge_distribution(
             {t: TagStat(t, number, created) for t, (number, created) in n["d"].items()}
-            for n in nodes
+            for n in nodes.values()
         )
+
+    async def nodes(self) -> list[NodeStat]:
+        async with self.health.guard("nodes"):
+            nodes = await self._nodes()
+        return [NodeStat(i, n["c"], n.get("k", n["c"])) for i, n in nodes.items()]
 
     # --- kept entries ------------------------------------------------------------------
 

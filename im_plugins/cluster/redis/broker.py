@@ -18,7 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from im_core.broker import LocalNode, Presence, Push, TagKept
+from im_core.broker import LocalNode, NodeStat, Presence, Push, TagKept
 from im_core.errors import CloseCode
 from im_core.tags import TagStat
 
@@ -113,6 +113,7 @@ class RedisBroker(ClusterBroker):
                 "LOCATE",
                 "COUNT",
                 "DISTRIBUTION",
+                "NODES",
                 "RESYNC",
                 "KEEP",
                 "FORGET",
@@ -476,3 +477,9 @@ class RedisBroker(ClusterBroker):
                 n, c = n + seen.number, min(c, seen.created)
             out[tag] = TagStat(tag, n, c)
         return out
+
+    async def nodes(self) -> list[NodeStat]:
+        async with self.health.guard("nodes"):
+            flat = await self._script(self.s["NODES"])
+        triples = zip(flat[::3], flat[1::3], flat[2::3], strict=True)
+        return [NodeStat(int(n), int(users), int(conns)) for n, users, conns in triples]

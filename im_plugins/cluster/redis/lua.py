@@ -245,6 +245,19 @@ end
 return out
 """
 
+# ARGV: prefix -> flat [id, users, connections, ...] of every live node
+NODES = """
+local p, out = ARGV[1], {}
+for _, id in ipairs(redis.call('SMEMBERS', p..':nodes')) do
+  if redis.call('EXISTS', p..':node:'..id) == 1 then
+    out[#out + 1] = tonumber(id)
+    out[#out + 1] = redis.call('SCARD', p..':users:'..id)
+    out[#out + 1] = tonumber(redis.call('GET', p..':conns:'..id) or '0')
+  end
+end
+return out
+"""
+
 # After an outage. ARGV: prefix, id, max connections per user, first chunk ('1':
 # forget what the node had registered), then (user, value, connected_at) triples,
 # one per connection. A connection goes in by its age beside the user's entries on

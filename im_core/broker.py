@@ -209,9 +209,10 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def distribution(self) -> dict[str, TagStat]: ...
 
-    @abc.abstractmethod
     async def nodes(self) -> list[NodeStat]:
-        """The live nodes of the cluster, this one included, any order."""
+        """The live nodes of the cluster, this one included, any order. The default
+        (a broker that does not list nodes) answers none."""
+        return []
 
     @abc.abstractmethod
     async def kick(self, user_id: str, code: int, reason: str) -> bool: ...

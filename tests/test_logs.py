@@ -11,10 +11,13 @@ import signal
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 
 from im_client import Client, ConnectError
 from im_core import CloseCode
+from im_plugins.pb import im_v1_pb2 as pb
+from im_plugins.pb import im_v1_pb2_grpc
 
 from .conftest import eventually
 from .test_cli import start_node
@@ -68,6 +71,12 @@ async def scenario(n: Node) -> None:
         async with http.post(f"{n.url}/api/v1/kick", json={"user": "ann"}) as r:
             assert r.status == 200
     assert await ann.wait_closed() == CloseCode.KICKED
+    rpc = re.search(r"grpc :(\d+)", n.lines[0])
+    assert rpc is not None
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{rpc.group(1)}") as channel:
+        stub = im_v1_pb2_grpc.ImStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.PushUser(pb.PushUserRequest(user="nobody", data=b"x"))
     bob2 = Client(conn, "bob", heartbeat=None)
     await bob2.connect()  # replaces bob
     assert await bob.wait_closed() == CloseCode.REPLACED
@@ -104,6 +113,7 @@ async def test_json_lines_with_stable_fields() -> None:
     assert (kick["user"], kick["found"], kick["level"]) == ("ann", True, "INFO")
     calls = {(c["api"], c["method"], c["status"]) for c in by_event["api_call"]}
     assert {("http", "PushUser", 200), ("http", "Kick", 200)} <= calls
+    assert ("grpc", "PushUser", "NOT_FOUND") in calls
     assert all(c["logger"] == "im.access" for c in by_event["api_call"])
     assert not any(SECRET in json.dumps(line) for line in lines)  # a token is never logged
 

@@ -6,6 +6,11 @@
         if msg.sid:
             await client.ack(msg.sid)
 
+Over TLS, give a ``wss://`` (or ``https://``) URL; ``ssl`` is passed to aiohttp as
+it is: ``True`` verifies against the system's CAs, an ``ssl.SSLContext`` against
+your own (``ssl.create_default_context(cafile="ca.pem")``, plus a client
+certificate with ``load_cert_chain`` if the server asks for one).
+
 The server pings; aiohttp answers with pongs, and ``heartbeat`` makes the client
 ping too. With ``reconnect=True`` (off by default) the client reconnects after an
 unexpected close with exponential backoff, unless the close code says not to
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import ssl as _ssl
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -84,8 +90,10 @@ class Client:
         reconnect: bool = False,
         backoff: tuple[float, float] = (0.2, 10.0),
         params: dict[str, str] | None = None,
+        ssl: _ssl.SSLContext | bool = True,
     ) -> None:
         self.url = url
+        self.ssl = ssl
         self.codec: Wire = CODECS[codec]
         self.params = {"token": token, "codec": codec, **(params or {})}
         if tags:
@@ -145,7 +153,11 @@ class Client:
         self._refused = b""
         try:
             self._ws = await self._session.ws_connect(
-                self.url, params=self.params, heartbeat=self.heartbeat, autoping=True
+                self.url,
+                params=self.params,
+                heartbeat=self.heartbeat,
+                autoping=True,
+                ssl=self.ssl,
             )
         except aiohttp.WSServerHandshakeError as exc:
             reason, code = _refusal(self._refused) if self._refused else (exc.message, "")

@@ -49,8 +49,8 @@ def grpc_target(server: Server) -> str:
 
 
 def http_base(server: Server) -> str:
-    port = next(t.port for t in server.transports if t.name == "http")
-    return f"http://127.0.0.1:{port}"
+    http = next(t for t in server.transports if t.name == "http")
+    return f"{http.scheme}://127.0.0.1:{http.port}"
 
 
 def to_dict(message: Message) -> dict[str, Any]:

@@ -20,13 +20,14 @@ from .api_clients import ORIGINAL, GrpcApi, HttpApi, grpc_target, http_base
 
 
 def ws_url(server: Server) -> str:
-    port = next(t.port for t in server.transports if t.name == "http")
-    return f"http://127.0.0.1:{port}/conn"
+    """The WebSocket endpoint (an https:// URL when the port serves TLS: aiohttp
+    and im_client take it for wss://)."""
+    return http_url(server, "/conn")
 
 
 def http_url(server: Server, path: str = "") -> str:
-    port = next(t.port for t in server.transports if t.name == "http")
-    return f"http://127.0.0.1:{port}{path}"
+    http = next(t for t in server.transports if t.name == "http")
+    return f"{http.scheme}://127.0.0.1:{http.port}{path}"
 
 
 MakeServer = Callable[..., Awaitable[Server]]
@@ -97,11 +98,18 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def channel() -> AsyncIterator[Callable[[Server], grpc.aio.Channel]]:
-    """Open gRPC channels to a server's gRPC port, closed after the test."""
+    """Open gRPC channels to a server's gRPC port (``credentials``: over TLS),
+    closed after the test."""
     channels: list[grpc.aio.Channel] = []
 
-    def open_channel(server: Server) -> grpc.aio.Channel:
-        ch = grpc.aio.insecure_channel(grpc_target(server))
+    def open_channel(
+        server: Server, credentials: grpc.ChannelCredentials | None = None
+    ) -> grpc.aio.Channel:
+        target = grpc_target(server)
+        if credentials is None:
+            ch = grpc.aio.insecure_channel(target)
+        else:  # TLS (tests/test_tls.py)
+            ch = grpc.aio.secure_channel(target, credentials)
         channels.append(ch)
         return ch
 

@@ -1,6 +1,6 @@
 """gRPC transport plugin: the original's ``im.basic.Basic`` (wire-compatible) and
 the extended ``im.v1.Im`` on ``--rpc-port`` (default 8081), with health checking
-and reflection. See docs/api.md."""
+and reflection, over TLS with ``--tls-cert``/``--tls-key``. See docs/api.md."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from im_core import hookimpl
+from im_plugins.tls import TlsOptions
 
 from .options import GrpcOptions
 from .transport import GrpcTransport
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 @hookimpl
 def im_add_options(add: Callable[..., None]) -> None:
     add(GrpcOptions)
+    add(TlsOptions)  # shared with the HTTP plugin
 
 
 @hookimpl

@@ -1,6 +1,8 @@
 """The gRPC listener: ``im.basic.Basic``, ``im.v1.Im``, health checking and
-reflection on ``--rpc-port``; optionally a loopback-only, key-less listener
-serving ``im.basic`` for original backends that cannot send an API key."""
+reflection on ``--rpc-port`` (over TLS with ``--tls-cert``/``--tls-key``; with
+``--tls-client-ca`` every call needs a client certificate signed by that CA);
+optionally a loopback-only, key-less, plain listener serving ``im.basic`` for
+original backends that cannot send an API key."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from im_plugins.limits import request_limit
 from im_plugins.pb import basic_pb2, basic_pb2_grpc, im_v1_pb2, im_v1_pb2_grpc
+from im_plugins.tls import TlsOptions
 
 from .auth import ApiKeyInterceptor
 from .basic import BasicServicer
@@ -36,6 +39,15 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def credentials(tls: TlsOptions) -> grpc.ServerCredentials:
+    """TLS for the main listener; with a client CA, the handshake requires a client
+    certificate it signed (gRPC has no "ask but do not require" for servers)."""
+    key, chain, ca = tls.grpc_files()
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
 class GrpcTransport:
     name = "grpc"
 
@@ -49,6 +61,7 @@ class GrpcTransport:
         self._servers: list[grpc.aio.Server] = []
         self._stopping: list[asyncio.Future[None]] = []
         self.health = health.aio.HealthServicer()
+        self.tls = False  # whether --rpc-port serves TLS
 
     def _new_server(
         self, server: Server, interceptors: list[grpc.aio.ServerInterceptor]
@@ -66,13 +79,23 @@ class GrpcTransport:
         self._servers.append(grpc_server)
         return grpc_server
 
-    def _bind(self, grpc_server: grpc.aio.Server, host: str, port: int) -> int:
+    def _bind(
+        self,
+        grpc_server: grpc.aio.Server,
+        host: str,
+        port: int,
+        secure: grpc.ServerCredentials | None = None,
+    ) -> int:
+        address = _address(host, port)
         try:
-            bound: int = grpc_server.add_insecure_port(_address(host, port))
+            if secure is None:
+                bound: int = grpc_server.add_insecure_port(address)
+            else:
+                bound = grpc_server.add_secure_port(address, secure)
         except RuntimeError as exc:
-            raise OSError(f"grpc: cannot listen on {_address(host, port)}: {exc}") from None
+            raise OSError(f"grpc: cannot listen on {address}: {exc}") from None
         if not bound:
-            raise OSError(f"grpc: cannot listen on {_address(host, port)}")
+            raise OSError(f"grpc: cannot listen on {address}")
         return bound
 
     async def start(self, server: Server) -> None:
@@ -88,8 +111,11 @@ class GrpcTransport:
         reflection.enable_server_reflection(
             (BASIC, V1, health.SERVICE_NAME, reflection.SERVICE_NAME), main
         )
-        self.port = self._bind(main, self.host, self.port)
-        if not key and self.host not in LOOPBACK:
+        tls = server.options.of(TlsOptions)
+        self.tls = tls.enabled
+        secure = credentials(tls) if tls.enabled else None
+        self.port = self._bind(main, self.host, self.port, secure)
+        if not (key or tls.mutual) and self.host not in LOOPBACK:
             log.warning(
                 "gRPC API on %s is open to anyone who can reach it: set --api-key",
                 _address(self.host, self.port),

@@ -1,5 +1,6 @@
 """HTTP transport plugin: the WebSocket endpoint, ``/ping`` and the HTTP push API,
-all on one aiohttp server (``--http-port``, default 8080)."""
+all on one aiohttp server (``--http-port``, default 8080), over TLS with
+``--tls-cert``/``--tls-key``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from im_core import hookimpl
+from im_plugins.tls import TlsOptions
 
 from .options import HttpOptions
 from .transport import HttpTransport
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
 @hookimpl
 def im_add_options(add: Callable[..., None]) -> None:
     add(HttpOptions)
+    add(TlsOptions)  # shared with the gRPC plugin
 
 
 @hookimpl

@@ -409,11 +409,28 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         return json_error(500, "internal error")
 
 
-def api_app(server: Server) -> web.Application:
+@web.middleware
+async def client_cert_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Mutual TLS (``--tls-client-ca``): the listener asks every client for a
+    certificate and verifies one that is presented; the API routes also require it."""
+    transport = request.transport
+    if request.path not in OPEN_PATHS and not (
+        transport is not None and transport.get_extra_info("peercert")
+    ):
+        return json_error(401, "a client certificate signed by the server's client CA is required")
+    return await handler(request)
+
+
+def api_app(server: Server, *, client_cert: bool = False) -> web.Application:
     """The sub-application mounted at ``/api/v1``. Its body limit is the root
-    app's (aiohttp applies that one): ``HttpTransport.build_app`` sets it."""
+    app's (aiohttp applies that one): ``HttpTransport.build_app`` sets it.
+    ``client_cert``: every route but the OpenAPI document requires a verified
+    client certificate (the listener's TLS context asks for one)."""
     opts = server.options
-    app = web.Application(middlewares=[api_middleware])
+    middlewares = [api_middleware]
+    if client_cert:
+        middlewares.insert(0, client_cert_middleware)
+    app = web.Application(middlewares=middlewares)
     app[API_SERVER] = server
     app[API_METHODS] = ImMethods(server)
     app[API_KEY] = (opts.api_key or "").encode()

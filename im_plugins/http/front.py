@@ -13,12 +13,17 @@ goes to aiohttp's own protocol with the bytes read so far, behind a thin
 Refusals are an HTTP status with a JSON body, then a lingering close: the write
 side is shut and what the client still sends is read and dropped for a moment, so
 the answer is not lost to a reset.
+
+With TLS the listener does the handshake (within ``idle_timeout``) before a
+socket reaches its ``FrontProtocol``: everything above then runs unchanged over
+the encrypted transport, refusals included.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING
@@ -76,6 +81,9 @@ def http_answer(exc: BadRequest) -> bytes:
 
 
 _HEAD, _VALIDATING, _REFUSED, _DONE = range(4)
+#: Seconds a closing TLS socket waits for the client's close_notify (asyncio's
+#: default is 30); a client that never answers holds its place at the gate that long.
+TLS_SHUTDOWN_TIMEOUT = 2.0
 
 
 class FrontProtocol(asyncio.Protocol):
@@ -270,10 +278,18 @@ class Handed(asyncio.Protocol):
 
 
 class FrontSite(web.TCPSite):
-    """A TCP site whose sockets start with a ``FrontProtocol``."""
+    """A TCP site whose sockets start with a ``FrontProtocol`` (after the TLS
+    handshake, given an ``ssl_context``)."""
 
-    def __init__(self, runner: web.AppRunner, server: Server, host: str, port: int) -> None:
-        super().__init__(runner, host, port, backlog=4096)
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        server: Server,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(runner, host, port, backlog=4096, ssl_context=ssl_context)
         self._im = server
 
     async def start(self) -> None:
@@ -282,6 +298,7 @@ class FrontSite(web.TCPSite):
         assert http is not None
         edge = self.edge = Edge(self._im, http)
         loop = asyncio.get_running_loop()
+        tls = self._ssl_context
         self._server = await loop.create_server(
             lambda: FrontProtocol(edge),
             self._host,
@@ -289,4 +306,9 @@ class FrontSite(web.TCPSite):
             backlog=self._backlog,
             reuse_address=self._reuse_address,
             reuse_port=self._reuse_port,
+            ssl=tls,
+            # A TLS socket reaches the gate once its handshake is done; until then
+            # it is bounded in time like a silent plain one.
+            ssl_handshake_timeout=edge.options.idle_timeout if tls else None,
+            ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT if tls else None,
         )

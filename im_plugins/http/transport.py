@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+
+from im_plugins.tls import TlsOptions
 
 from .api import PREFIX, api_app, body_limit
 from .front import Edge, FrontSite
@@ -67,6 +70,11 @@ class HttpTransport:
         self._runner: web.AppRunner | None = None
         self._site: FrontSite | None = None
         self.edge: Edge | None = None
+        self.tls: ssl.SSLContext | None = None  # wss:// and HTTPS when set
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
 
     def build_app(self, server: Server) -> web.Application:
         # aiohttp takes the body limit from the root app, not from the sub-app that
@@ -85,7 +93,8 @@ class HttpTransport:
         app.router.add_get("/ping", ping)
         app.router.add_get("/health", health)
         app.router.add_get("/ready", ready)
-        app.add_subapp(PREFIX, api_app(server))
+        tls = server.options.of(TlsOptions)
+        app.add_subapp(PREFIX, api_app(server, client_cert=tls.mutual))
 
         def add_get(path: str, handler: Handler) -> None:  # im_http_routes
             app.router.add_get(path, handler)
@@ -95,6 +104,8 @@ class HttpTransport:
 
     async def start(self, server: Server) -> None:
         opts = server.options.of(HttpOptions)
+        tls = server.options.of(TlsOptions)
+        self.tls = tls.server_context() if tls.enabled else None
         self._runner = web.AppRunner(
             self.build_app(server),
             handle_signals=False,
@@ -108,13 +119,14 @@ class HttpTransport:
             max_headers=opts.max_headers,
         )
         await self._runner.setup()
-        self._site = FrontSite(self._runner, server, self.host, self.port)
+        self._site = FrontSite(self._runner, server, self.host, self.port, self.tls)
         await self._site.start()
         self.edge = self._site.edge
         sockets = self._runner.server and self._site._server.sockets  # type: ignore[union-attr]
         if sockets:
             self.port = sockets[0].getsockname()[1]
-        if not server.options.api_key and self.host not in LOOPBACK:
+        open_api = not (server.options.api_key or server.options.of(TlsOptions).mutual)
+        if open_api and self.host not in LOOPBACK:
             log.warning(
                 "HTTP API on %s:%s%s is open to anyone who can reach it: set --api-key",
                 self.host,

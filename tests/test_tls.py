@@ -17,6 +17,7 @@ import grpc
 import orjson
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
 
 from im_client import Client, ConnectError
 from im_core import CloseCode, Server, hookimpl
@@ -339,7 +340,16 @@ def bad_files(pki: Pki) -> dict[str, str]:
     other = trustme.CA().issue_cert("127.0.0.1")
     other.private_key_pem.write_to_path(str(pki.dir / "other-key.pem"))
     (pki.dir / "junk.pem").write_text("not a certificate\n")
+    key = serialization.load_pem_private_key(Path(pki.key).read_bytes(), None)
+    (pki.dir / "encrypted-key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
     return {
+        "encrypted_key": str(pki.dir / "encrypted-key.pem"),
         "cert": pki.cert,
         "key": pki.key,
         "other_key": str(pki.dir / "other-key.pem"),
@@ -357,6 +367,7 @@ def bad_files(pki: Pki) -> dict[str, str]:
         (["--tls-cert", "cert", "--tls-key", "other_key"], "--tls-key", "does not match"),
         (["--tls-cert", "junk", "--tls-key", "key"], "--tls-cert", "no PEM certificate"),
         (["--tls-cert", "cert", "--tls-key", "junk"], "--tls-key", "no PEM private key"),
+        (["--tls-cert", "cert", "--tls-key", "encrypted_key"], "--tls-key", "encrypted"),
         (["--tls-cert", "cert"], "--tls-key", "required"),
         (["--tls-client-ca", "ca"], "--tls-client-ca", "needs --tls-cert"),
         (

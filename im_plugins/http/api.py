@@ -428,8 +428,8 @@ def api_app(server: Server, *, client_cert: bool = False) -> web.Application:
     client certificate (the listener's TLS context asks for one)."""
     opts = server.options
     middlewares = [api_middleware]
-    if client_cert:
-        middlewares.insert(0, client_cert_middleware)
+    if client_cert:  # inside api_middleware: a refusal is tracked like any answer
+        middlewares.append(client_cert_middleware)
     app = web.Application(middlewares=middlewares)
     app[API_SERVER] = server
     app[API_METHODS] = ImMethods(server)

@@ -33,7 +33,7 @@ class Pki:
     """A CA, the server's certificate and key files, and clients' certificates."""
 
     ca: trustme.CA
-    dir: Path
+    folder: Path
     cert: str  # the server's certificate chain (PEM)
     key: str  # its private key (PEM)
     ca_file: str  # the CA's certificate: what clients trust, and --tls-client-ca
@@ -338,10 +338,10 @@ async def test_mutual_tls_grpc_requires_a_client_certificate(make_server, pki, c
 @pytest.fixture(scope="module")
 def bad_files(pki: Pki) -> dict[str, str]:
     other = trustme.CA().issue_cert("127.0.0.1")
-    other.private_key_pem.write_to_path(str(pki.dir / "other-key.pem"))
-    (pki.dir / "junk.pem").write_text("not a certificate\n")
+    other.private_key_pem.write_to_path(str(pki.folder / "other-key.pem"))
+    (pki.folder / "junk.pem").write_text("not a certificate\n")
     key = serialization.load_pem_private_key(Path(pki.key).read_bytes(), None)
-    (pki.dir / "encrypted-key.pem").write_bytes(
+    (pki.folder / "encrypted-key.pem").write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -349,12 +349,12 @@ def bad_files(pki: Pki) -> dict[str, str]:
         )
     )
     return {
-        "encrypted_key": str(pki.dir / "encrypted-key.pem"),
+        "encrypted_key": str(pki.folder / "encrypted-key.pem"),
         "cert": pki.cert,
         "key": pki.key,
-        "other_key": str(pki.dir / "other-key.pem"),
-        "junk": str(pki.dir / "junk.pem"),
-        "missing": str(pki.dir / "missing.pem"),
+        "other_key": str(pki.folder / "other-key.pem"),
+        "junk": str(pki.folder / "junk.pem"),
+        "missing": str(pki.folder / "missing.pem"),
         "ca": pki.ca_file,
     }
 

@@ -61,7 +61,6 @@ class GrpcTransport:
         self._servers: list[grpc.aio.Server] = []
         self._stopping: list[asyncio.Future[None]] = []
         self.health = health.aio.HealthServicer()
-        self.tls = False  # whether --rpc-port serves TLS
 
     def _new_server(
         self, server: Server, interceptors: list[grpc.aio.ServerInterceptor]
@@ -112,7 +111,6 @@ class GrpcTransport:
             (BASIC, V1, health.SERVICE_NAME, reflection.SERVICE_NAME), main
         )
         tls = server.options.of(TlsOptions)
-        self.tls = tls.enabled
         secure = credentials(tls) if tls.enabled else None
         self.port = self._bind(main, self.host, self.port, secure)
         if not (key or tls.mutual) and self.host not in LOOPBACK:

@@ -47,6 +47,7 @@ OTHER_VARIABLES = frozenset(
         "IM_DISABLE_PLUGIN_AUTOLOAD",
         "IM_TRACE_HOOKS",
         "IM_URL",
+        "IM_CACERT",
     )
 )
 

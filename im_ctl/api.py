@@ -8,6 +8,7 @@ so the API key only ever goes to the server named.
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import aiohttp
@@ -38,6 +39,7 @@ class Api:
     url: str  # the server's base URL, without /api/v1
     key: str | None
     timeout: float
+    tls: ssl.SSLContext | None = None  # https: a private CA, a client certificate
 
     async def call(
         self,
@@ -54,7 +56,12 @@ class Api:
         try:
             async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
                 async with session.request(
-                    method, url, params=query, json=body, allow_redirects=False
+                    method,
+                    url,
+                    params=query,
+                    json=body,
+                    allow_redirects=False,
+                    ssl=self.tls if self.tls is not None else True,
                 ) as response:
                     raw = await _read(response, self.url)
                     return Answer(response.status, response.reason or "", _object(raw))

@@ -17,6 +17,7 @@ import enum
 import json
 import math
 import os
+import ssl
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -284,10 +285,17 @@ def outcome(args: argparse.Namespace, command: Command, answer: Answer) -> Resul
     return Result(Exit.UNAVAILABLE, out, message)
 
 
+class UsageError(Exception):
+    """An option the command cannot use (exit status 2)."""
+
+
 def run(args: argparse.Namespace) -> Result:
     command = COMMANDS[args.command]
     request = command.request(args)
-    api = Api(args.url, args.api_key, args.timeout)
+    try:
+        api = Api(args.url, args.api_key, args.timeout, tls_context(args))
+    except UsageError as exc:
+        return Result(Exit.USAGE, error=str(exc))
     try:
         answer = asyncio.run(
             api.call(request.method, request.route, query=request.query, body=request.body)
@@ -298,6 +306,21 @@ def run(args: argparse.Namespace) -> Result:
 
 
 # --- arguments --------------------------------------------------------------------------
+
+
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The context for https when ``--cacert`` or ``--cert`` is given (else the
+    system's trust). A file that cannot be used is a usage error."""
+    cacert, cert, key = args.cacert, args.cert, args.key
+    if cacert is None and cert is None:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=cacert)
+        if cert is not None:
+            context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"--cacert/--cert/--key: {exc}") from None
+    return context
 
 
 def base_url(text: str) -> str:
@@ -348,6 +371,24 @@ def _options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     )
     parser.add_argument(
         "--json", action="store_true", default=default(False), help="print the API's JSON answer"
+    )
+    parser.add_argument(
+        "--cacert",
+        metavar="FILE",
+        default=default(os.environ.get("IM_CACERT") or None),
+        help="CA certificate(s) to trust for https:// (env IM_CACERT; default: the system's)",
+    )
+    parser.add_argument(
+        "--cert",
+        metavar="FILE",
+        default=default(None),
+        help="client certificate (PEM) for a server with --tls-client-ca",
+    )
+    parser.add_argument(
+        "--key",
+        metavar="FILE",
+        default=default(None),
+        help="the client certificate's private key, if not in --cert",
     )
     parser.add_argument(
         "--timeout",

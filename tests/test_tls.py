@@ -332,6 +332,26 @@ async def test_mutual_tls_grpc_requires_a_client_certificate(make_server, pki, c
     assert await GrpcApi(channel(server, pki.grpc(client_cert=True))).call("Ping") is not None
 
 
+async def test_im_ctl_under_mutual_tls(make_server, pki) -> None:
+    from .test_ctl import ctl
+
+    server = await tls_server(make_server, pki, tls_client_ca=pki.ca_file)
+    backend = pki.ca.issue_cert("im-ctl.example")
+    cert = pki.folder / "ctl.pem"
+    cert.write_bytes(
+        backend.private_key_pem.bytes() + b"".join(p.bytes() for p in backend.cert_chain_pems)
+    )
+    url = http_base(server).removesuffix("/api/v1")
+    ok = await ctl("stats", "--json", "--cacert", pki.ca_file, "--cert", str(cert), url=url)
+    assert ok.code == 0 and ok.json()["node_id"] == server.node_id, ok.err
+    refused = await ctl("stats", "--cacert", pki.ca_file, url=url)  # no client certificate
+    assert refused.code == 3 and "client certificate" in refused.err
+    untrusted = await ctl("stats", url=url)  # the system does not trust the test CA
+    assert untrusted.code == 4
+    missing = await ctl("stats", "--cacert", str(pki.folder / "nope.pem"), url=url)
+    assert missing.code == 2 and missing.err.startswith("im-ctl: --cacert")
+
+
 # --- options ---------------------------------------------------------------------------
 
 

@@ -17,12 +17,14 @@ needs neither.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal, Protocol
 
 import attrs
 
 from .ack import AckOutcome, Unacked
+from .metrics import RoundTrips
 from .tags import TagStat
 
 Kind = Literal["users", "all", "tags_any", "tags_all"]
@@ -31,7 +33,9 @@ Kind = Literal["users", "all", "tags_any", "tags_all"]
 @attrs.frozen(slots=True)
 class Push:
     """One message to deliver. ``sid`` is non-zero when the push wants an ack;
-    ``store`` (tag pushes) keeps it for members who are away (``keep_for_tags``)."""
+    ``store`` (tag pushes) keeps it for members who are away (``keep_for_tags``).
+    ``at``: when it was made on this node (``time.perf_counter``), for the
+    push -> socket write latency (``im_core.metrics``)."""
 
     kind: Kind
     payload: bytes
@@ -39,6 +43,7 @@ class Push:
     tags: tuple[str, ...] = ()
     sid: int = 0
     store: bool = False
+    at: float = attrs.field(factory=time.perf_counter, eq=False, repr=False)
 
 
 @attrs.frozen(slots=True)
@@ -261,3 +266,16 @@ class Broker(abc.ABC):
     def healthy(self) -> bool:
         """False while the backing service is unreachable."""
         return True
+
+    # --- for metrics (read at scrape time; must not block) ------------------------------
+
+    def live_nodes(self) -> int:
+        """Nodes of the cluster alive when the broker last looked (its heartbeat);
+        1 for a single node."""
+        return 1
+
+    def round_trips(self) -> Mapping[str, RoundTrips]:
+        """Calls to the backing service by operation (``presence_lookup``,
+        ``broadcast``, ``peer_take``, ...): their durations and failures. Empty for
+        a broker with no backing service."""
+        return {}

@@ -17,6 +17,7 @@ from .errors import CloseCode
 if TYPE_CHECKING:
     from .ack import Unacked
     from .codec import Codec
+    from .metrics import Histogram
     from .transport import Framing
 
 
@@ -181,7 +182,11 @@ class Connection:
         if not self._buffered:
             self._stuck = 0
         transport = self._transport
-        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        transport.write(data)
+        outbox = self._outbox  # counted once per write, not per frame queued
+        outbox.frames += len(pending)
+        outbox.bytes += len(data)
         if transport.get_write_buffer_size():
             self._stuck += len(pending)
 
@@ -229,20 +234,34 @@ class Outbox:
     Marking costs one list append; the flush is one ``call_soon`` however many
     connections and frames were queued, so a burst of pushes reaches each socket
     as one write.
+
+    It also counts what it writes (``frames``, ``bytes``: read through
+    ``server.metrics``) and times one push per flush: the oldest push whose frames
+    it writes (``stamp``), from the push call to the end of the socket writes.
     """
 
-    __slots__ = ("_dirty", "_loop", "_scheduled")
+    __slots__ = ("_dirty", "_loop", "_scheduled", "bytes", "frames", "latency", "since")
 
     def __init__(self, loop: Any) -> None:
         self._loop = loop
         self._dirty: list[Connection] = []
         self._scheduled = False
+        self.frames = 0
+        self.bytes = 0
+        self.since = 0.0  # perf_counter() of the oldest push waiting for this flush
+        self.latency: Histogram | None = None
 
     def mark(self, conn: Connection) -> None:
         self._dirty.append(conn)
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self.flush)
+
+    def stamp(self, at: float) -> None:
+        """A push made at ``at`` (``time.perf_counter``) queued frames: time it,
+        unless an older one waits for the same flush."""
+        if self._scheduled and not self.since:
+            self.since = at
 
     def flush(self) -> None:
         self._scheduled = False
@@ -252,3 +271,7 @@ class Outbox:
                 conn.flush()
             except Exception as exc:  # a broken transport closes only its own connection
                 conn.close(CloseCode.INTERNAL_ERROR, f"write failed: {exc}"[:120])
+        if self.since:
+            if self.latency is not None:
+                self.latency.observe(time.perf_counter() - self.since)
+            self.since = 0.0

@@ -138,6 +138,7 @@ class Connections:
             remote=remote,
             device=identity.device,
         )
+        server.metrics.opened(fmt)  # closed in _detach, which every connection reaches
         conn.hold()  # pushes from now on wait behind what the user missed
         for old in server.buckets.add(conn, opts.max_connections_per_user):
             old.close(CloseCode.REPLACED, "replaced by a new login")
@@ -199,6 +200,7 @@ class Connections:
         waits for it.
         """
         server = self._server
+        server.metrics.closed(conn.fmt)
         if server.buckets.remove(conn) and server.broker is not None:
             server.spawn(server.broker.disconnected(presence_of(conn, server.node_id)))
         server.tags.leave_all(conn)
@@ -227,6 +229,7 @@ class Connections:
         the connection closed (``im_disconnected`` waits for them).
         """
         server = self._server
+        server.metrics.inbound_frames += 1
         try:
             frame = conn.fmt.codec.decode_client(data)
         except BadFrame as exc:

@@ -79,9 +79,10 @@ def im_register_transports(register: Callable[[Transport], None], server: Server
 
 
 @hookspec
-def im_http_routes(add_get: Callable[[str, HttpHandler], None]) -> None:
+def im_http_routes(add_get: Callable[[str, HttpHandler], None], server: ServerAPI) -> None:
     """Add GET routes to the HTTP port: ``add_get(path, handler)`` with an aiohttp
-    handler (``async def handler(request) -> web.StreamResponse``).
+    handler (``async def handler(request) -> web.StreamResponse``). ``server`` is
+    the node whose port it is (a handler that needs it keeps it, e.g. in a closure).
 
     Called synchronously while the HTTP plugin builds its application (before it
     listens), so implementations must not be ``async def``. Paths must not clash

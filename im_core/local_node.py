@@ -67,6 +67,7 @@ class Node:
                             fresh.add(device)
                 if not reached:
                     missing.append(user)
+            server.outbox.stamp(push.at)
             return missing
         if push.kind == "all":
             conns: Iterable[Connection] = list(server.buckets)
@@ -90,6 +91,7 @@ class Node:
             elif not tracks(conn.user_id, sid, conn.device) and conn.send(frame):
                 track(conn.user_id, sid, payload, conn.device).queued = conn.holding
                 tracked.add(who)
+        server.outbox.stamp(push.at)
         return []
 
     def local_presence(self, user_id: str) -> Presence | None:

@@ -60,7 +60,10 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
 
 
 #: Built-in plugins loaded only when named (``--plugin demo``): name -> module.
-OPTIONAL_PLUGINS: dict[str, str] = {"demo": "im_plugins.demo"}
+OPTIONAL_PLUGINS: dict[str, str] = {
+    "demo": "im_plugins.demo",
+    "prometheus": "im_plugins.prometheus",  # needs the extra: pip install 'im[metrics]'
+}
 
 
 class PluginError(Exception):
@@ -159,7 +162,11 @@ def load_plugin(pm: pluggy.PluginManager, spec: str) -> None:
     if pm.is_blocked(spec):
         return
     if spec in OPTIONAL_PLUGINS:
-        _register(pm, importlib.import_module(OPTIONAL_PLUGINS[spec]), spec)
+        try:
+            module = importlib.import_module(OPTIONAL_PLUGINS[spec])
+        except ImportError as exc:  # an optional dependency is not installed
+            raise PluginError(f"cannot load plugin {spec!r}: {exc}") from exc
+        _register(pm, module, spec)
         return
     if pm.has_plugin(spec):  # an entry point autoloaded it: named, it moves last
         _register(pm, pm.get_plugin(spec), spec)
@@ -270,9 +277,9 @@ class Hooks:
         self._hook.im_register_transports(register=found.append, server=server)
         return found
 
-    def http_routes(self, add_get: Callable[[str, Any], None]) -> None:
+    def http_routes(self, add_get: Callable[[str, Any], None], server: Server) -> None:
         """GET routes for the HTTP port; the hook is synchronous (the app is being built)."""
-        for result in self._hook.im_http_routes(add_get=add_get):
+        for result in self._hook.im_http_routes(add_get=add_get, server=server):
             if inspect.isawaitable(result):
                 if inspect.iscoroutine(result):
                     result.close()

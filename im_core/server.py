@@ -36,6 +36,7 @@ from .errors import (
 )
 from .events import events
 from .local_node import Node
+from .metrics import Metrics, embedded, users_kind
 from .options import Options, flag
 from .outcomes import OutcomeFeed
 from .plugins import Hooks, get_plugin_manager
@@ -90,6 +91,7 @@ class Server:
         self.buckets = Buckets(self.options.bucket_number)
         self.tags = TagIndex()
         self.outcomes = OutcomeFeed()
+        self.metrics = Metrics()
         self.broker: Broker | None = None
         self.transports: list[Transport] = []
         self.started = False
@@ -130,6 +132,7 @@ class Server:
         loop = asyncio.get_running_loop()
         self.loop = loop
         self.outbox = Outbox(loop)
+        self.metrics.attach(self.outbox)
         self._check_options()
         self.codecs = self.hooks.codecs()
         if self.options.codec not in self.codecs:  # the default must be one a plugin made
@@ -322,6 +325,7 @@ class Server:
                 f"({self.options.max_message_size})"
             )
 
+    @embedded("push", users_kind)
     async def push(
         self,
         users: str | Sequence[str],
@@ -374,6 +378,7 @@ class Server:
             missing = [u for u in missing if u not in kept_for]
         return PushResult(sid, tuple(missing), tuple(stored))
 
+    @embedded("push_one", "user")
     async def push_one(
         self, user: str, payload: bytes, *, ack: bool = False, store: bool | None = None
     ) -> int:
@@ -384,10 +389,12 @@ class Server:
             raise NotFound(f"user {user!r} is not online")
         return result.sid
 
+    @embedded("broadcast", "broadcast")
     def broadcast(self, payload: bytes, *, ack: bool = False) -> Queued:
         """Queue a push to every connected user."""
         return self._queue_push("all", payload, (), ack)
 
+    @embedded("push_tags", "tags")
     def push_tags(
         self,
         tags: Iterable[str],
@@ -410,6 +417,7 @@ class Server:
         kind: Kind = "tags_any" if match == "any" else "tags_all"
         return self._queue_push(kind, payload, tags, ack, store)
 
+    @embedded("push_by_tag", "tags")
     def push_by_tag(self, contents: Mapping[str, bytes]) -> int:
         """Each tag gets its own payload (the original's WTIBroadcast). Returns the
         queue length; all or none are queued."""

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .calls import Calls
     from .connections import Connections
     from .local_node import Node
+    from .metrics import Metrics
     from .options import Options
     from .outcomes import OutcomeFeed
     from .server import PushResult, Queued, Stats
@@ -44,6 +45,8 @@ class ServerAPI(Protocol):
     local: Node
     # --- ack outcomes of pushes made through this node (the APIs' event streams)
     outcomes: OutcomeFeed
+    # --- what the node counted (read at scrape time by a metrics plugin)
+    metrics: Metrics
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` in the background; its failure is logged; awaited at stop."""

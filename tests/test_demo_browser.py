@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from im_core import Server, hookimpl
+from im_core import Options, Server, hookimpl
 from im_core.plugins import get_plugin_manager
 
 from .conftest import MakeServer, http_url
@@ -162,4 +162,4 @@ def test_async_route_hook_is_refused() -> None:
     from im_core.plugins import Hooks
 
     with pytest.raises(TypeError, match="plain function"):
-        Hooks(pm).http_routes(lambda path, handler: None)
+        Hooks(pm).http_routes(lambda path, handler: None, Server(Options(), pm))

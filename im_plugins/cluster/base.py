@@ -41,12 +41,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from im_core.ack import AckOutcome, Unacked
 from im_core.broker import Broker, Kept, LocalNode, Presence, Push, TagKept, missed_pushes
 from im_core.errors import InvalidArgument, Unavailable
+from im_core.metrics import RoundTrips
 from im_core.tags import TagStat
 
 from . import wire
@@ -115,6 +116,7 @@ class ClusterBroker(Broker):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self.dropped = 0  # broadcasts/tag pushes that reached only this node (outage)
+        self.nodes_seen = 1  # live nodes at the last heartbeat (``_heartbeat`` sets it)
         self._outgoing: list[tuple[Push, bytes]] = []
         self._sender: asyncio.Task[None] | None = None
         self._keeps: Batched[KeepRequest, list[str]] = Batched(self._keep_many, self.spawn)
@@ -177,7 +179,8 @@ class ClusterBroker(Broker):
 
     @abc.abstractmethod
     async def _heartbeat(self) -> None:
-        """Refresh this node's liveness; set ``self._resync`` when the store lost it."""
+        """Refresh this node's liveness; set ``self._resync`` when the store lost it,
+        and ``self.nodes_seen`` to the number of live nodes."""
 
     @abc.abstractmethod
     async def _reregister(self) -> None:
@@ -230,6 +233,12 @@ class ClusterBroker(Broker):
 
     def healthy(self) -> bool:
         return self.health.up
+
+    def live_nodes(self) -> int:
+        return self.nodes_seen
+
+    def round_trips(self) -> Mapping[str, RoundTrips]:
+        return self.health.round_trips
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)

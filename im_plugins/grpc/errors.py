@@ -6,6 +6,7 @@ always tell a caller the same thing (docs/api.md, "Errors").
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 
 from im_core.errors import Busy, ImError, InvalidArgument
+from im_plugins.push_api.methods import PUSH_KINDS
 
 from .checked import Malformed
 
@@ -32,6 +34,7 @@ STATUS: dict[str, grpc.StatusCode] = {
 QUEUE_LENGTH_KEY = "im-queue-length"
 
 M = TypeVar("M", bound=Callable[..., Awaitable[Any]])
+NOT_COUNTED = contextlib.nullcontext()
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
@@ -52,14 +55,20 @@ async def abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
 
 def unary(method: M) -> M:
     """Wrap a unary servicer method: core errors become statuses, and a request
-    that did not decode (``checked.Malformed``) is INVALID_ARGUMENT."""
+    that did not decode (``checked.Malformed``) is INVALID_ARGUMENT. A push method
+    (``PUSH_KINDS``) is counted with its outcome (``server.metrics``)."""
+    name = method.__name__
+    kind = PUSH_KINDS.get(name)
 
     @functools.wraps(method)
     async def call(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            if request.__class__ is Malformed:
-                raise InvalidArgument(request.message)
-            return await method(self, request, context)
+            with (
+                self.server.metrics.push_call("grpc", name, kind) if kind else NOT_COUNTED
+            ):
+                if request.__class__ is Malformed:
+                    raise InvalidArgument(request.message)
+                return await method(self, request, context)
         except Exception as exc:
             await abort(context, exc)
 

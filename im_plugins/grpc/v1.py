@@ -14,7 +14,7 @@ from google.protobuf.message import Message
 from im_core.errors import ImError
 from im_plugins.pb import im_v1_pb2 as pb
 from im_plugins.pb import im_v1_pb2_grpc
-from im_plugins.push_api.methods import ImMethods, ack_event
+from im_plugins.push_api.methods import ImMethods, ack_event, stream_kind
 from im_plugins.push_api.rules import check
 
 from .errors import abort, unary
@@ -37,15 +37,16 @@ class ImServicer(im_v1_pb2_grpc.ImServicer):
     async def PushStream(
         self, batches: AsyncIterator[pb.PushBatch], context: Context
     ) -> AsyncIterator[pb.StreamResult]:
-        push = self.methods.push
+        push, metrics = self.methods.push, self.server.metrics
         seq = -1
         try:
             async for batch in batches:
                 for request in batch.pushes:
                     seq += 1
                     try:
-                        check(request)
-                        r = await push(request)
+                        with metrics.push_call("grpc", "PushStream", stream_kind(request)):
+                            check(request)
+                            r = await push(request)
                     except ImError as exc:
                         error = pb.Error(code=exc.code, message=str(exc))
                         yield pb.StreamResult(seq=seq, error=error)

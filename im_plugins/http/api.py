@@ -22,11 +22,12 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from im_core.errors import Busy, ImError, InvalidArgument, PayloadTooLarge, Unauthenticated
+from im_core.metrics import Metrics
 from im_core.server import PushResult, Server
 from im_plugins.api_key import key_matches
 from im_plugins.limits import request_limit
 from im_plugins.pb import im_v1_pb2 as pb
-from im_plugins.push_api.methods import ImMethods, ack_event
+from im_plugins.push_api.methods import PUSH_KINDS, ImMethods, ack_event, stream_kind
 
 from .errors import json_error
 from .openapi import document
@@ -130,6 +131,16 @@ def unary(method: MethodDescriptor, verb: str) -> Handler:
     or the query (GET), the shared implementation, the reply message as JSON."""
     cls = GetMessageClass(method.input_type)
     name = method.name
+    kind = PUSH_KINDS.get(name)
+    if kind is not None:  # a push: counted with its outcome (server.metrics)
+
+        async def push(request: web.Request) -> web.Response:
+            with request.app[API_SERVER].metrics.push_call("http", name, kind):
+                message = parse(await read_whole(request), cls)
+                result = await getattr(request.app[API_METHODS], name)(message)
+            return reply(encode(result))
+
+        return push
     if verb == "POST":
 
         async def post(request: web.Request) -> web.Response:
@@ -157,6 +168,7 @@ async def push_stream(request: web.Request) -> web.StreamResponse:
     """
     server = request.app[API_SERVER]
     push = request.app[API_METHODS].push
+    metrics = server.metrics
     out = StreamReply(request)
     try:
         limit = server.options.of(HttpOptions).max_stream_body
@@ -166,7 +178,7 @@ async def push_stream(request: web.Request) -> web.StreamResponse:
             async for lines in batches:
                 results: list[dict[str, Any]] = []
                 for line in lines:
-                    result = await _push_line(push, line, out.processed)
+                    result = await _push_line(push, metrics, line, out.processed)
                     out.processed += 1
                     if result is not None:
                         results.append(result)
@@ -186,10 +198,18 @@ async def push_stream(request: web.Request) -> web.StreamResponse:
     return await out.end()
 
 
-async def _push_line(push: Push, line: bytes, seq: int) -> dict[str, Any] | None:
+async def _push_line(
+    push: Push, metrics: Metrics, line: bytes, seq: int
+) -> dict[str, Any] | None:
     """Push one line; its result, or None when there is no news."""
     try:
-        r = await push(parse(line, pb.StreamPush, f"line {seq + 1}"))
+        try:
+            message = parse(line, pb.StreamPush, f"line {seq + 1}")
+        except ImError as exc:
+            metrics.count_push("http", "PushStream", "none", exc.code)
+            raise
+        with metrics.push_call("http", "PushStream", stream_kind(message)):
+            r = await push(message)
     except ImError as exc:
         return {"seq": seq, "error": {"code": exc.code, "message": str(exc)}}
     if r.sid or r.missing:

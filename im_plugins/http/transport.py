@@ -99,7 +99,7 @@ class HttpTransport:
         def add_get(path: str, handler: Handler) -> None:  # im_http_routes
             app.router.add_get(path, handler)
 
-        server.hooks.http_routes(add_get)
+        server.hooks.http_routes(add_get, server)
         return app
 
     async def start(self, server: Server) -> None:

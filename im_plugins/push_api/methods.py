@@ -36,6 +36,28 @@ def store(
 #: ``node_id`` of an offline user: node ids start at 0, so 0 would name a real node.
 NO_NODE = -1
 
+#: The push methods of both APIs (im.v1.Im and the original's im.basic.Basic) and
+#: the kind of push each makes, for ``server.metrics.push_call``.
+PUSH_KINDS = {
+    "PushUser": "user",
+    "SendMessage": "user",
+    "PushUsers": "users",
+    "SendMessageToMultiple": "users",
+    "Broadcast": "broadcast",
+    "PushTags": "tags",
+    "PushByTag": "tags",
+    "WTIBroadcast": "tags",
+}
+
+
+def stream_kind(request: pb.StreamPush) -> str:
+    """The kind of push one line of a push stream makes (``none``: no target)."""
+    if request.users:
+        return "users"
+    if request.tags:
+        return "tags"
+    return "broadcast" if request.all else "none"
+
 
 class ImMethods:
     """The unary methods of ``im.v1.Im`` (named as in the proto) and ``push``."""

@@ -326,7 +326,8 @@ class RedisBroker(ClusterBroker):
                 self._resync = True
             elif state == 0:
                 log.error("redis broker: node id %d is used by another node", self.node_id)
-            await self._script(self.s["PURGE"], "*")  # forget nodes whose lease expired
+            # forget nodes whose lease expired; the answer: the live ones
+            self.nodes_seen = int(await self._script(self.s["PURGE"], "*"))
 
     async def _reregister(self) -> None:
         entries = [p for devices in self.local.values() for p in devices]

@@ -64,7 +64,8 @@ end
 return -1
 """
 
-# Drop the state of node ARGV[2] (ARGV[2] = '*': of every node whose lease is gone).
+# Drop the state of node ARGV[2] (ARGV[2] = '*': of every node whose lease is gone,
+# answering how many nodes are alive).
 PURGE = (
     _ENTRIES
     + """
@@ -82,15 +83,16 @@ local function purge(id)
   redis.call('DEL', users, p..':tags:'..id, p..':dist:'..id, p..':conns:'..id)
 end
 if ARGV[2] ~= '*' then purge(ARGV[2]) return 1 end
-local n = 0
+local live = 0
 for _, id in ipairs(redis.call('SMEMBERS', p..':nodes')) do
   if redis.call('EXISTS', p..':node:'..id) == 0 then
     purge(id)
     redis.call('SREM', p..':nodes', id)
-    n = n + 1
+  else
+    live = live + 1
   end
 end
-return n
+return live
 """
 )
 

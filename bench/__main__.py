@@ -2,6 +2,8 @@
 
 python -m bench all                      # every scenario, im and peers
 python -m bench burst --n 10000 --runs 3
+python -m bench fanout --servers im,im-metrics --runs 5   # the metrics plugin's cost
+python -m bench fanout --servers im,base --base ../im-old  # against another tree
 python -m bench memory --servers im,aiohttp
 python -m bench unicast --modes grpc,http,grpc-stream,http-stream
 python -m bench unicast --servers im --push-flags ack --server-args "--broker redis"
@@ -15,6 +17,7 @@ python -m bench plot bench/results/all-*.json   # PNG for docs/
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -29,13 +32,14 @@ from typing import Any
 from . import abuse, delivery, soak
 from .acks import ACK_SERVERS, ack_session
 from .scenarios import session
-from .servers import LOADGEN_CPU, ROOT, SPECS
+from .servers import IM, LOADGEN_CPU, ROOT, SPECS
 from .unicast import DEFAULT_MODES, RATE, USERS, parse_flags, unicast_session
 
 RESULTS = ROOT / "bench" / "results"
 SCENARIOS = {
     "burst": {"burst"},
     "latency": {"latency"},
+    "fanout": {"burst", "latency"},
     "memory": {"memory"},
     "connect": {"connect"},
     "unicast": {"unicast"},
@@ -232,6 +236,8 @@ def main() -> int:
         args.modes = args.modes or ",".join(delivery.MODES)
         return delivery.main(args, RESULTS, versions())
     args.modes = args.modes or ",".join(DEFAULT_MODES)
+    if args.base:  # another tree of im, as the server "base"
+        SPECS["base"] = dataclasses.replace(IM, name="base", root=Path(args.base).resolve())
     import uvloop
 
     return uvloop.run(run(args))

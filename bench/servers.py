@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -54,6 +55,9 @@ class Spec:
     #: the source tree the server runs from (its cwd and PYTHONPATH): another
     #: checkout of im compares two versions in one run
     root: Path = ROOT
+    #: a path the harness GETs every ``SCRAPE_EVERY`` seconds while the server runs,
+    #: as Prometheus would (``/metrics`` of ``im-metrics``)
+    scrape: str = ""
 
 
 def _py(*args: str) -> list[str]:
@@ -84,7 +88,17 @@ SOCKETIO = Spec(
     client_path=lambda i: f"/socket.io/?EIO=4&transport=websocket&user=u{i}",
     hello=client_frame(0x1, b"40"),
 )
-SPECS = {s.name: s for s in (IM, AIOHTTP, SOCKETIO)}
+#: im with the prometheus plugin, scraped while it runs: the plugin's cost
+#: (``--servers im,im-metrics``; ``--base`` adds another tree as ``base``)
+IM_METRICS = dataclasses.replace(
+    IM,
+    name="im-metrics",
+    argv=lambda port, rpc: [*IM.argv(port, rpc), "--plugin", "prometheus"],
+    scrape="/metrics",
+)
+SPECS = {s.name: s for s in (IM, IM_METRICS, AIOHTTP, SOCKETIO)}
+#: seconds between scrapes of a spec with ``scrape`` (Prometheus' default is 15 s)
+SCRAPE_EVERY = 1.0
 
 
 def free_port() -> int:
@@ -144,6 +158,7 @@ class Running:
         self.base = f"http://{HOST}:{port}{spec.api}/"
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600))
         self.probe: Path | None = None
+        self.scrapes = 0
 
     def probe_reading(self) -> tuple[float, float]:
         """im's last broadcast: ms to all socket writes done, ms to fan-out (probe)."""
@@ -188,6 +203,18 @@ class Running:
             await asyncio.sleep(0.1)
 
 
+async def _scrape(server: Running, path: str) -> None:
+    """GET ``path`` every ``SCRAPE_EVERY`` seconds; a failed scrape stops the run."""
+    url = f"http://{HOST}:{server.port}{path}"
+    while True:
+        async with server.session.get(url) as r:
+            body = await r.read()
+            if r.status != 200 or b"im_deliveries_total" not in body:
+                raise RuntimeError(f"{server.spec.name}: scrape {r.status} {body[:200]!r}")
+        server.scrapes += 1
+        await asyncio.sleep(SCRAPE_EVERY)
+
+
 @contextlib.asynccontextmanager
 async def running(
     spec: Spec, cpu: int = SERVER_CPU, extra_args: Sequence[str] = ()
@@ -203,6 +230,7 @@ async def running(
         env=env,
     )
     spy: subprocess.Popen[bytes] | None = None
+    scraper: asyncio.Task[None] | None = None
     server = Running(spec, port, rpc_port, proc)
     server.probe = probe
     try:
@@ -225,6 +253,8 @@ async def running(
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{spec.name}: stats {r.status} {await r.text()}")
             await asyncio.sleep(0.1)
+        if spec.scrape:
+            scraper = asyncio.get_running_loop().create_task(_scrape(server, spec.scrape))
         profile = os.environ.get("BENCH_PROFILE")  # collapsed stacks of the server
         if profile:
             exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -233,6 +263,10 @@ async def running(
             )
         yield server
     finally:
+        if scraper is not None:
+            scraper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scraper
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
             spy.wait(30)

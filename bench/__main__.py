@@ -49,6 +49,7 @@ SCENARIOS = {
 BROADCAST_PHASES = {"burst", "latency", "memory", "connect"}
 METRICS = (  # key, label, format, higher is better
     ("deliveries_per_s", "burst deliveries/s", "{:,.0f}", True),
+    ("deliveries_per_cpu_s", "  burst deliveries per server CPU-second", "{:,.0f}", True),
     ("latency_ms", "1 broadcast -> last client, ms", "{:,.1f}", False),
     (
         "server_fanout_ms",

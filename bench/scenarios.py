@@ -4,7 +4,8 @@ Phases, in order, each recorded when its scenario is selected:
     connect  - connection setup rate (upgrade incl. the validate hook), conns/s
     memory   - server RSS growth per idle connection, KB
     latency  - one broadcast -> last of N clients, ms (median of ``LATENCY_SAMPLES``)
-    burst    - M x SIZE broadcast burst, deliveries/s = N x M / (trigger -> last byte)
+    burst    - M x SIZE broadcast burst, deliveries/s = N x M / (trigger -> last byte),
+               and per server CPU-second
 Every broadcast is checked: each client got exactly the same whole number of frames.
 """
 
@@ -110,12 +111,14 @@ async def session(
                 counts = await _settled_counts(pool)
                 if counts != {m * frame_bytes: n}:
                     raise CheckFailed(f"{spec.name}: burst counts {counts}")
+                cpu = server.cpu_seconds() - cpu0
                 result["m"] = m
-                result["burst_server_busy"] = round(
-                    (server.cpu_seconds() - cpu0) / (time.perf_counter() - t0), 2
-                )
+                result["burst_server_busy"] = round(cpu / (time.perf_counter() - t0), 2)
                 result["burst_s"] = seconds
                 result["deliveries_per_s"] = n * m / seconds
+                # the server's cost, robust to other load on its core (1/100 s ticks:
+                # a long burst, --m 300 or more, keeps their rounding small)
+                result["deliveries_per_cpu_s"] = n * m / cpu if cpu else 0.0
         finally:
             pool.close()
             await asyncio.sleep(0.2)

@@ -181,7 +181,14 @@ class Running:
             reply = await r.read()
             if r.status != 200:
                 raise RuntimeError(f"{self.spec.name} {route}: {r.status} {reply[:200]!r}")
-            return orjson.loads(reply)
+            answer = orjson.loads(reply)
+            # push_stream answers 200 with an error per refused line (e.g. a burst
+            # over 80 % of --broadcast-buffer): fail now, not after waiting for frames
+            results = answer.get("results", ()) if isinstance(answer, dict) else ()
+            errors = [x for x in results if "error" in x]
+            if errors:
+                raise RuntimeError(f"{self.spec.name} {route}: {len(errors)} refused: {errors[0]}")
+            return answer
 
     async def count(self) -> int:
         async with self.session.get(self.base + "stats") as r:

@@ -174,21 +174,29 @@ class Connection:
             self._outbox.mark(self)
 
     def flush(self) -> None:
-        """Write every queued frame in one call (called by the outbox)."""
+        """Write every queued frame now, in one call (a close path: the outbox
+        writes through ``_write``)."""
+        frames = len(self._pending)
+        written = self._write()
+        if written:
+            outbox = self._outbox
+            outbox.frames += frames
+            outbox.bytes += written
+
+    def _write(self) -> int:
+        """Write every queued frame in one call; return the bytes written."""
         pending = self._pending
         if not pending or self.closed:
-            return
+            return 0
         self._pending = []
         if not self._buffered:
             self._stuck = 0
         transport = self._transport
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         transport.write(data)
-        outbox = self._outbox  # counted once per write, not per frame queued
-        outbox.frames += len(pending)
-        outbox.bytes += len(data)
         if transport.get_write_buffer_size():
             self._stuck += len(pending)
+        return len(data)
 
     def reply(self, data: bytes, *, binary: bool | None = None) -> bool:
         """Send ``data`` to this client alone as a push without ack (sid 0), in a
@@ -266,11 +274,15 @@ class Outbox:
     def flush(self) -> None:
         self._scheduled = False
         dirty, self._dirty = self._dirty, []
+        frames = written = 0  # counted here, in locals: one add per connection
         for conn in dirty:
             try:
-                conn.flush()
+                frames += len(conn._pending)
+                written += conn._write()
             except Exception as exc:  # a broken transport closes only its own connection
                 conn.close(CloseCode.INTERNAL_ERROR, f"write failed: {exc}"[:120])
+        self.frames += frames
+        self.bytes += written
         if self.since:
             if self.latency is not None:
                 self.latency.observe(time.perf_counter() - self.since)

@@ -13,6 +13,7 @@ library-neutral; a plugin turns it into its own format at scrape time
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 from bisect import bisect_left
@@ -99,6 +100,8 @@ def outcome_of(exc: BaseException | None) -> str:
         return "ok"
     if isinstance(exc, ImError):
         return exc.code
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"  # the caller went away
     return "internal"
 
 

@@ -128,6 +128,32 @@ class PushCall:
         counts[key] = counts.get(key, 0) + 1
 
 
+class StreamCalls:
+    """Counts the pushes of one push stream (``with metrics.stream("grpc") as
+    count: ... count(kind, outcome)``): the stream is marked as counted once, so
+    each push costs a dict increment."""
+
+    __slots__ = ("_api", "_pushes", "_token")
+
+    def __init__(self, pushes: dict[PushKey, int], api: str) -> None:
+        self._pushes = pushes
+        self._api = api
+
+    def __enter__(self) -> Callable[[str, str], None]:
+        self._token = _counting.set(True)
+        return self.count
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            _counting.reset(self._token)
+        except ValueError:  # an abandoned stream generator finalized in another task
+            pass
+
+    def count(self, kind: str, outcome: str) -> None:
+        key = (self._api, "PushStream", kind, outcome)
+        self._pushes[key] = self._pushes.get(key, 0) + 1
+
+
 class Metrics:
     """What the node counted since it started (``server.metrics``): read it, do not
     write it. Monotonic counts unless said otherwise."""
@@ -151,11 +177,10 @@ class Metrics:
         or ``tags``; the outcome is read from the exception leaving the block."""
         return PushCall(self.pushes, api, method, kind)
 
-    def count_push(self, api: str, method: str, kind: str, outcome: str) -> None:
-        """Count one push call whose outcome is known without a ``with`` block (a
-        request refused before its kind could be read: kind ``none``)."""
-        key = (api, method, kind, outcome)
-        self.pushes[key] = self.pushes.get(key, 0) + 1
+    def stream(self, api: str) -> StreamCalls:
+        """Count the pushes of a push stream (method ``PushStream``) one by one,
+        with the kind and outcome of each: see ``StreamCalls``."""
+        return StreamCalls(self.pushes, api)
 
     def opened(self, fmt: Format) -> None:
         self._opened[fmt] = self._opened.get(fmt, 0) + 1
@@ -200,18 +225,39 @@ def _by_wire(counts: Mapping[Format, int]) -> dict[tuple[str, str], int]:
 
 def embedded(method: str, kind: str | Callable[..., str]) -> Callable[[F], F]:
     """Count calls of a ``Server`` push method made outside any push API
-    (``api="embedded"``); ``kind`` may be a function of the call's arguments."""
+    (``api="embedded"``); ``kind`` may be a function of the call's arguments.
+
+    A call an API counts already (inside ``push_call`` or ``stream``) costs one
+    context variable read; a coroutine method then returns its coroutine as it is.
+    """
 
     def decorate(fn: F) -> F:
         kind_of = kind if callable(kind) else (lambda *args, **kwargs: kind)
+
+        def count(self: Any, kind: str, exc: BaseException | None) -> None:
+            key = ("embedded", method, kind, outcome_of(exc))
+            pushes = self.metrics.pushes
+            pushes[key] = pushes.get(key, 0) + 1
+
         if inspect.iscoroutinefunction(fn):
 
+            async def counting(self: Any, args: Any, kwargs: Any) -> Any:
+                token = _counting.set(True)  # push_one's push is not counted again
+                error: BaseException | None = None
+                try:
+                    return await fn(self, *args, **kwargs)
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    _counting.reset(token)
+                    count(self, kind_of(*args, **kwargs), error)
+
             @functools.wraps(fn)
-            async def counted_async(self: Any, *args: Any, **kwargs: Any) -> Any:
+            def counted_async(self: Any, *args: Any, **kwargs: Any) -> Any:
                 if _counting.get():
-                    return await fn(self, *args, **kwargs)
-                with PushCall(self.metrics.pushes, "embedded", method, kind_of(*args, **kwargs)):
-                    return await fn(self, *args, **kwargs)
+                    return fn(self, *args, **kwargs)
+                return counting(self, args, kwargs)
 
             return counted_async  # type: ignore[return-value]
 
@@ -219,8 +265,16 @@ def embedded(method: str, kind: str | Callable[..., str]) -> Callable[[F], F]:
         def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
             if _counting.get():
                 return fn(self, *args, **kwargs)
-            with PushCall(self.metrics.pushes, "embedded", method, kind_of(*args, **kwargs)):
+            token = _counting.set(True)
+            error: BaseException | None = None
+            try:
                 return fn(self, *args, **kwargs)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                _counting.reset(token)
+                count(self, kind_of(*args, **kwargs), error)
 
         return counted  # type: ignore[return-value]
 

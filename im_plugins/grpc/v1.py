@@ -12,6 +12,7 @@ import grpc
 from google.protobuf.message import Message
 
 from im_core.errors import ImError
+from im_core.metrics import outcome_of
 from im_plugins.pb import im_v1_pb2 as pb
 from im_plugins.pb import im_v1_pb2_grpc
 from im_plugins.push_api.methods import ImMethods, ack_event, stream_kind
@@ -37,24 +38,30 @@ class ImServicer(im_v1_pb2_grpc.ImServicer):
     async def PushStream(
         self, batches: AsyncIterator[pb.PushBatch], context: Context
     ) -> AsyncIterator[pb.StreamResult]:
-        push, metrics = self.methods.push, self.server.metrics
+        push = self.methods.push
         seq = -1
         try:
-            async for batch in batches:
-                for request in batch.pushes:
-                    seq += 1
-                    try:
-                        with metrics.push_call("grpc", "PushStream", stream_kind(request)):
+            with self.server.metrics.stream("grpc") as count:
+                async for batch in batches:
+                    for request in batch.pushes:
+                        seq += 1
+                        kind = stream_kind(request)
+                        try:
                             check(request)
                             r = await push(request)
-                    except ImError as exc:
-                        error = pb.Error(code=exc.code, message=str(exc))
-                        yield pb.StreamResult(seq=seq, error=error)
-                        continue
-                    if r.sid or r.missing:  # no news, no reply: the fast path writes nothing
-                        yield pb.StreamResult(
-                            seq=seq, sid=r.sid, missing=r.missing, stored=r.stored
-                        )
+                        except ImError as exc:
+                            count(kind, exc.code)
+                            error = pb.Error(code=exc.code, message=str(exc))
+                            yield pb.StreamResult(seq=seq, error=error)
+                            continue
+                        except BaseException as exc:
+                            count(kind, outcome_of(exc))
+                            raise
+                        count(kind, "ok")
+                        if r.sid or r.missing:  # no news, no reply: the fast path writes nothing
+                            yield pb.StreamResult(
+                                seq=seq, sid=r.sid, missing=r.missing, stored=r.stored
+                            )
         except Exception as exc:
             await abort(context, exc)
 

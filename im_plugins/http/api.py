@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from im_core.errors import Busy, ImError, InvalidArgument, PayloadTooLarge, Unauthenticated
-from im_core.metrics import Metrics
+from im_core.metrics import outcome_of
 from im_core.server import PushResult, Server
 from im_plugins.api_key import key_matches
 from im_plugins.limits import request_limit
@@ -168,24 +168,25 @@ async def push_stream(request: web.Request) -> web.StreamResponse:
     """
     server = request.app[API_SERVER]
     push = request.app[API_METHODS].push
-    metrics = server.metrics
     out = StreamReply(request)
     try:
         limit = server.options.of(HttpOptions).max_stream_body
         if (request.content_length or 0) > limit:
             raise PayloadTooLarge(f"body: over max_stream_body ({limit} bytes)")
-        async with contextlib.aclosing(_line_batches(request, server)) as batches:
-            async for lines in batches:
-                results: list[dict[str, Any]] = []
-                for line in lines:
-                    result = await _push_line(push, metrics, line, out.processed)
-                    out.processed += 1
-                    if result is not None:
-                        results.append(result)
-                        if len(results) == WRITE_BATCH:
-                            await out.write(results)
-                            results = []
-                await out.write(results)
+        batches = contextlib.aclosing(_line_batches(request, server))
+        with server.metrics.stream("http") as count:
+            async with batches as lines_read:
+                async for lines in lines_read:
+                    results: list[dict[str, Any]] = []
+                    for line in lines:
+                        result = await _push_line(push, count, line, out.processed)
+                        out.processed += 1
+                        if result is not None:
+                            results.append(result)
+                            if len(results) == WRITE_BATCH:
+                                await out.write(results)
+                                results = []
+                    await out.write(results)
     except ImError as exc:
         return await out.end(exc)
     except ConnectionError:
@@ -199,19 +200,21 @@ async def push_stream(request: web.Request) -> web.StreamResponse:
 
 
 async def _push_line(
-    push: Push, metrics: Metrics, line: bytes, seq: int
+    push: Push, count: Callable[[str, str], None], line: bytes, seq: int
 ) -> dict[str, Any] | None:
-    """Push one line; its result, or None when there is no news."""
+    """Push one line (counted); its result, or None when there is no news."""
+    kind = "none"  # a line that is not a push
     try:
-        try:
-            message = parse(line, pb.StreamPush, f"line {seq + 1}")
-        except ImError as exc:
-            metrics.count_push("http", "PushStream", "none", exc.code)
-            raise
-        with metrics.push_call("http", "PushStream", stream_kind(message)):
-            r = await push(message)
+        message = parse(line, pb.StreamPush, f"line {seq + 1}")
+        kind = stream_kind(message)
+        r = await push(message)
     except ImError as exc:
+        count(kind, exc.code)
         return {"seq": seq, "error": {"code": exc.code, "message": str(exc)}}
+    except BaseException as exc:
+        count(kind, outcome_of(exc))
+        raise
+    count(kind, "ok")
     if r.sid or r.missing:
         return {"seq": seq, "sid": r.sid, "missing": list(r.missing), "stored": list(r.stored)}
     return None

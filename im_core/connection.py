@@ -245,15 +245,16 @@ class Outbox:
 
     It also counts what it writes (``frames``, ``bytes``: read through
     ``server.metrics``) and times one push per flush: the oldest push whose frames
-    it writes (``stamp``), from the push call to the end of the socket writes.
+    it writes (``since``, set by ``LocalNode.deliver`` while a flush is
+    ``scheduled``), from the push call to the end of the socket writes.
     """
 
-    __slots__ = ("_dirty", "_loop", "_scheduled", "bytes", "frames", "latency", "since")
+    __slots__ = ("_dirty", "_loop", "bytes", "frames", "latency", "scheduled", "since")
 
     def __init__(self, loop: Any) -> None:
         self._loop = loop
         self._dirty: list[Connection] = []
-        self._scheduled = False
+        self.scheduled = False
         self.frames = 0
         self.bytes = 0
         self.since = 0.0  # perf_counter() of the oldest push waiting for this flush
@@ -261,18 +262,12 @@ class Outbox:
 
     def mark(self, conn: Connection) -> None:
         self._dirty.append(conn)
-        if not self._scheduled:
-            self._scheduled = True
+        if not self.scheduled:
+            self.scheduled = True
             self._loop.call_soon(self.flush)
 
-    def stamp(self, at: float) -> None:
-        """A push made at ``at`` (``time.perf_counter``) queued frames: time it,
-        unless an older one waits for the same flush."""
-        if self._scheduled and not self.since:
-            self.since = at
-
     def flush(self) -> None:
-        self._scheduled = False
+        self.scheduled = False
         dirty, self._dirty = self._dirty, []
         frames = written = 0  # counted here, in locals: one add per connection
         for conn in dirty:

@@ -67,7 +67,9 @@ class Node:
                             fresh.add(device)
                 if not reached:
                     missing.append(user)
-            server.outbox.stamp(push.at)
+            outbox = server.outbox  # time the oldest push its next flush writes
+            if outbox.scheduled and not outbox.since:
+                outbox.since = push.at
             return missing
         if push.kind == "all":
             conns: Iterable[Connection] = list(server.buckets)
@@ -91,7 +93,9 @@ class Node:
             elif not tracks(conn.user_id, sid, conn.device) and conn.send(frame):
                 track(conn.user_id, sid, payload, conn.device).queued = conn.holding
                 tracked.add(who)
-        server.outbox.stamp(push.at)
+        outbox = server.outbox  # time the oldest push its next flush writes
+        if outbox.scheduled and not outbox.since:
+            outbox.since = push.at
         return []
 
     def local_presence(self, user_id: str) -> Presence | None:

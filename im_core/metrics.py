@@ -14,13 +14,12 @@ library-neutral; a plugin turns it into its own format at scrape time
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 from bisect import bisect_left
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 from .errors import ImError
 
@@ -47,11 +46,20 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 )
 
 #: Set while a push call is being counted, so the core does not count again the
-#: calls an API makes into it (and ``push_one`` does not count its ``push``).
+#: calls an API makes into it.
 _counting: ContextVar[bool] = ContextVar("im_push_counting", default=False)
 
-F = TypeVar("F", bound=Callable[..., Any])
 PushKey = tuple[str, str, str, str]  # api, method, kind, outcome
+#: Kinds of push: one user, a list of users, everyone, tag groups; none: no target.
+KINDS = ("user", "users", "broadcast", "tags", "none")
+
+
+def counted() -> bool:
+    """Whether the push call running now is counted already (by an API)."""
+    return _counting.get()
+
+
+_NOT_COUNTED = nullcontext()
 
 
 class Histogram:
@@ -141,7 +149,14 @@ class StreamCalls:
 
     def __enter__(self) -> Callable[[str, str], None]:
         self._token = _counting.set(True)
-        return self.count
+        pushes, api = self._pushes, self._api
+        ok = {kind: (api, "PushStream", kind, "ok") for kind in KINDS}
+
+        def count(kind: str, outcome: str) -> None:
+            key = ok[kind] if outcome == "ok" else (api, "PushStream", kind, outcome)
+            pushes[key] = pushes.get(key, 0) + 1
+
+        return count
 
     def __exit__(self, *exc: object) -> None:
         try:
@@ -149,9 +164,6 @@ class StreamCalls:
         except ValueError:  # an abandoned stream generator finalized in another task
             pass
 
-    def count(self, kind: str, outcome: str) -> None:
-        key = (self._api, "PushStream", kind, outcome)
-        self._pushes[key] = self._pushes.get(key, 0) + 1
 
 
 class Metrics:
@@ -170,6 +182,13 @@ class Metrics:
         self.push_to_write = Histogram()
 
     # --- what the node records ------------------------------------------------------
+
+    def embedded(self, method: str, kind: str) -> AbstractContextManager[None]:
+        """Count a call of the ``Server`` push method ``method`` unless an API
+        counts it already (``api="embedded"``: a plugin or program called it)."""
+        if _counting.get():
+            return _NOT_COUNTED
+        return PushCall(self.pushes, "embedded", method, kind)
 
     def push_call(self, api: str, method: str, kind: str) -> PushCall:
         """Count one push call of an API: ``with server.metrics.push_call("http",
@@ -221,66 +240,3 @@ def _by_wire(counts: Mapping[Format, int]) -> dict[tuple[str, str], int]:
         key = (fmt.framing.name, fmt.codec.name)
         out[key] = out.get(key, 0) + n
     return out
-
-
-def embedded(method: str, kind: str | Callable[..., str]) -> Callable[[F], F]:
-    """Count calls of a ``Server`` push method made outside any push API
-    (``api="embedded"``); ``kind`` may be a function of the call's arguments.
-
-    A call an API counts already (inside ``push_call`` or ``stream``) costs one
-    context variable read; a coroutine method then returns its coroutine as it is.
-    """
-
-    def decorate(fn: F) -> F:
-        kind_of = kind if callable(kind) else (lambda *args, **kwargs: kind)
-
-        def count(self: Any, kind: str, exc: BaseException | None) -> None:
-            key = ("embedded", method, kind, outcome_of(exc))
-            pushes = self.metrics.pushes
-            pushes[key] = pushes.get(key, 0) + 1
-
-        if inspect.iscoroutinefunction(fn):
-
-            async def counting(self: Any, args: Any, kwargs: Any) -> Any:
-                token = _counting.set(True)  # push_one's push is not counted again
-                error: BaseException | None = None
-                try:
-                    return await fn(self, *args, **kwargs)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    _counting.reset(token)
-                    count(self, kind_of(*args, **kwargs), error)
-
-            @functools.wraps(fn)
-            def counted_async(self: Any, *args: Any, **kwargs: Any) -> Any:
-                if _counting.get():
-                    return fn(self, *args, **kwargs)
-                return counting(self, args, kwargs)
-
-            return counted_async  # type: ignore[return-value]
-
-        @functools.wraps(fn)
-        def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
-            if _counting.get():
-                return fn(self, *args, **kwargs)
-            token = _counting.set(True)
-            error: BaseException | None = None
-            try:
-                return fn(self, *args, **kwargs)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                _counting.reset(token)
-                count(self, kind_of(*args, **kwargs), error)
-
-        return counted  # type: ignore[return-value]
-
-    return decorate
-
-
-def users_kind(users: str | Any, *args: Any, **kwargs: Any) -> str:
-    """``user`` for one user id, ``users`` for a list."""
-    return "user" if isinstance(users, str) else "users"

@@ -36,7 +36,7 @@ from .errors import (
 )
 from .events import events
 from .local_node import Node
-from .metrics import Metrics, embedded, users_kind
+from .metrics import Metrics, counted
 from .options import Options, flag
 from .outcomes import OutcomeFeed
 from .plugins import Hooks, get_plugin_manager
@@ -325,7 +325,6 @@ class Server:
                 f"({self.options.max_message_size})"
             )
 
-    @embedded("push", users_kind)
     async def push(
         self,
         users: str | Sequence[str],
@@ -336,6 +335,10 @@ class Server:
     ) -> PushResult:
         """Push to one or more users; ``missing`` lists those not reached, ``stored``
         those offline for whom it was kept (``store``; ``None``: ``--store``)."""
+        if not counted():  # not through a push API: counted here, then pushed as it is
+            kind = "user" if isinstance(users, str) else "users"
+            with self.metrics.push_call("embedded", "push", kind):
+                return await self.push(users, payload, ack=ack, store=store)
         self._check(payload)
         if isinstance(users, str):
             users = (users,)
@@ -378,23 +381,22 @@ class Server:
             missing = [u for u in missing if u not in kept_for]
         return PushResult(sid, tuple(missing), tuple(stored))
 
-    @embedded("push_one", "user")
     async def push_one(
         self, user: str, payload: bytes, *, ack: bool = False, store: bool | None = None
     ) -> int:
         """Push to one user; raise ``NotFound`` when they are not online and it was
         not kept for them. Returns the sid."""
-        result = await self.push(user, payload, ack=ack, store=store)
-        if result.missing:
-            raise NotFound(f"user {user!r} is not online")
+        with self.metrics.embedded("push_one", "user"):
+            result = await self.push(user, payload, ack=ack, store=store)
+            if result.missing:
+                raise NotFound(f"user {user!r} is not online")
         return result.sid
 
-    @embedded("broadcast", "broadcast")
     def broadcast(self, payload: bytes, *, ack: bool = False) -> Queued:
         """Queue a push to every connected user."""
-        return self._queue_push("all", payload, (), ack)
+        with self.metrics.embedded("broadcast", "broadcast"):
+            return self._queue_push("all", payload, (), ack)
 
-    @embedded("push_tags", "tags")
     def push_tags(
         self,
         tags: Iterable[str],
@@ -407,28 +409,29 @@ class Server:
         """Queue a push to users with any (``match="any"``) or all of ``tags``;
         ``store`` also keeps it for members who are away (``Broker.missed``;
         ``None``: ``--store``)."""
-        if match not in ("any", "all"):
-            raise InvalidArgument("match: must be 'any' or 'all'")
-        tags = tuple(dict.fromkeys(t for t in tags if t))
-        if not tags:
-            raise InvalidArgument("tags: at least one tag is required")
-        if store is None:
-            store = self.options.store
-        kind: Kind = "tags_any" if match == "any" else "tags_all"
-        return self._queue_push(kind, payload, tags, ack, store)
+        with self.metrics.embedded("push_tags", "tags"):
+            if match not in ("any", "all"):
+                raise InvalidArgument("match: must be 'any' or 'all'")
+            tags = tuple(dict.fromkeys(t for t in tags if t))
+            if not tags:
+                raise InvalidArgument("tags: at least one tag is required")
+            if store is None:
+                store = self.options.store
+            kind: Kind = "tags_any" if match == "any" else "tags_all"
+            return self._queue_push(kind, payload, tags, ack, store)
 
-    @embedded("push_by_tag", "tags")
     def push_by_tag(self, contents: Mapping[str, bytes]) -> int:
         """Each tag gets its own payload (the original's WTIBroadcast). Returns the
         queue length; all or none are queued."""
-        if not contents:
-            raise InvalidArgument("data: at least one tag is required")
-        for payload in contents.values():
-            self._check(payload)
-        self.queue.room(len(contents))
-        for tag, payload in contents.items():
-            self._queue_push("tags_any", payload, (tag,), False)
-        return self.queue_length
+        with self.metrics.embedded("push_by_tag", "tags"):
+            if not contents:
+                raise InvalidArgument("data: at least one tag is required")
+            for payload in contents.values():
+                self._check(payload)
+            self.queue.room(len(contents))
+            for tag, payload in contents.items():
+                self._queue_push("tags_any", payload, (tag,), False)
+            return self.queue_length
 
     @property
     def queue_length(self) -> int:

@@ -12,7 +12,6 @@ import grpc
 from google.protobuf.message import Message
 
 from im_core.errors import ImError
-from im_core.metrics import outcome_of
 from im_plugins.pb import im_v1_pb2 as pb
 from im_plugins.pb import im_v1_pb2_grpc
 from im_plugins.push_api.methods import ImMethods, ack_event, stream_kind
@@ -45,19 +44,17 @@ class ImServicer(im_v1_pb2_grpc.ImServicer):
                 async for batch in batches:
                     for request in batch.pushes:
                         seq += 1
-                        kind = stream_kind(request)
                         try:
-                            check(request)
-                            r = await push(request)
+                            try:
+                                check(request)
+                            except ImError as exc:
+                                count(stream_kind(request), exc.code)
+                                raise
+                            r = await push(request, count)
                         except ImError as exc:
-                            count(kind, exc.code)
                             error = pb.Error(code=exc.code, message=str(exc))
                             yield pb.StreamResult(seq=seq, error=error)
                             continue
-                        except BaseException as exc:
-                            count(kind, outcome_of(exc))
-                            raise
-                        count(kind, "ok")
                         if r.sid or r.missing:  # no news, no reply: the fast path writes nothing
                             yield pb.StreamResult(
                                 seq=seq, sid=r.sid, missing=r.missing, stored=r.stored

@@ -22,12 +22,11 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from im_core.errors import Busy, ImError, InvalidArgument, PayloadTooLarge, Unauthenticated
-from im_core.metrics import outcome_of
 from im_core.server import PushResult, Server
 from im_plugins.api_key import key_matches
 from im_plugins.limits import request_limit
 from im_plugins.pb import im_v1_pb2 as pb
-from im_plugins.push_api.methods import PUSH_KINDS, ImMethods, ack_event, stream_kind
+from im_plugins.push_api.methods import PUSH_KINDS, Count, ImMethods, ack_event
 
 from .errors import json_error
 from .openapi import document
@@ -46,7 +45,7 @@ API_SERVER = web.AppKey("api_server", Server)
 API_METHODS = web.AppKey("api_methods", ImMethods)
 API_KEY = web.AppKey("api_key", bytes)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Push = Callable[[pb.StreamPush], Awaitable[PushResult]]
+Push = Callable[[pb.StreamPush, Count], Awaitable[PushResult]]
 SERVICE = pb.DESCRIPTOR.services_by_name["Im"]
 
 
@@ -199,22 +198,17 @@ async def push_stream(request: web.Request) -> web.StreamResponse:
     return await out.end()
 
 
-async def _push_line(
-    push: Push, count: Callable[[str, str], None], line: bytes, seq: int
-) -> dict[str, Any] | None:
+async def _push_line(push: Push, count: Count, line: bytes, seq: int) -> dict[str, Any] | None:
     """Push one line (counted); its result, or None when there is no news."""
-    kind = "none"  # a line that is not a push
     try:
-        message = parse(line, pb.StreamPush, f"line {seq + 1}")
-        kind = stream_kind(message)
-        r = await push(message)
+        try:
+            message = parse(line, pb.StreamPush, f"line {seq + 1}")
+        except ImError as exc:
+            count("none", exc.code)  # not a push: no kind
+            raise
+        r = await push(message, count)
     except ImError as exc:
-        count(kind, exc.code)
         return {"seq": seq, "error": {"code": exc.code, "message": str(exc)}}
-    except BaseException as exc:
-        count(kind, outcome_of(exc))
-        raise
-    count(kind, "ok")
     if r.sid or r.missing:
         return {"seq": seq, "sid": r.sid, "missing": list(r.missing), "stored": list(r.stored)}
     return None

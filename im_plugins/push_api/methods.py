@@ -8,12 +8,14 @@ gRPC ``PushStream`` and HTTP ``push_stream`` alike.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
 
 from im_core.ack import AckOutcome
 from im_core.errors import InvalidArgument, NotFound
+from im_core.metrics import outcome_of
 from im_plugins.pb import im_v1_pb2 as pb
 
 from .rules import match
@@ -51,12 +53,17 @@ PUSH_KINDS = {
 
 
 def stream_kind(request: pb.StreamPush) -> str:
-    """The kind of push one line of a push stream makes (``none``: no target)."""
+    """The kind of push one line of a push stream makes (``none``: no target);
+    for a line refused before it is pushed (``push`` counts the others)."""
     if request.users:
         return "users"
     if request.tags:
         return "tags"
     return "broadcast" if request.all else "none"
+
+
+#: Counts one push of a stream: ``count(kind, outcome)`` (``Metrics.stream``).
+Count = Callable[[str, str], None]
 
 
 class ImMethods:
@@ -99,19 +106,30 @@ class ImMethods:
         queued = self.server.broadcast(request.data, ack=request.ack)
         return pb.QueuedReply(sid=queued.sid, queue_length=queued.queue_length)
 
-    async def push(self, request: pb.StreamPush) -> PushResult:
+    async def push(self, request: pb.StreamPush, count: Count) -> PushResult:
         """One push of a stream to its target: its sid, the users not reached and
-        those it was kept for."""
+        those it was kept for. ``count(kind, outcome)`` counts it (the stream's
+        ``server.metrics.stream``): the kind is known here, from the target."""
         server, data, ack = self.server, request.data, request.ack
-        if request.users:
-            return await server.push(request.users, data, ack=ack, store=store(request))
-        if request.tags:
-            tags, how = request.tags, match(request.match)
-            queued = server.push_tags(tags, data, match=how, ack=ack, store=store(request))
-            return PushResult(queued.sid)
-        if request.all:
-            return PushResult(server.broadcast(data, ack=ack).sid)
-        raise InvalidArgument("target: one of users, tags or all is required")
+        users = request.users
+        kind = "users" if users else "tags" if request.tags else "broadcast"
+        try:
+            if users:
+                result = await server.push(users, data, ack=ack, store=store(request))
+            elif request.tags:
+                tags, how = request.tags, match(request.match)
+                queued = server.push_tags(tags, data, match=how, ack=ack, store=store(request))
+                result = PushResult(queued.sid)
+            elif request.all:
+                result = PushResult(server.broadcast(data, ack=ack).sid)
+            else:
+                kind = "none"
+                raise InvalidArgument("target: one of users, tags or all is required")
+        except BaseException as exc:
+            count(kind, outcome_of(exc))
+            raise
+        count(kind, "ok")
+        return result
 
     async def Kick(self, request: pb.KickRequest) -> pb.KickReply:
         if not await self.server.kick(request.user, request.reason or "kicked"):

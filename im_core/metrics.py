@@ -165,7 +165,6 @@ class StreamCalls:
             pass
 
 
-
 class Metrics:
     """What the node counted since it started (``server.metrics``): read it, do not
     write it. Monotonic counts unless said otherwise."""

@@ -267,12 +267,7 @@ class Broker(abc.ABC):
         """False while the backing service is unreachable."""
         return True
 
-    # --- for metrics (read at scrape time; must not block) ------------------------------
-
-    def live_nodes(self) -> int:
-        """Nodes of the cluster alive when the broker last looked (its heartbeat);
-        1 for a single node."""
-        return 1
+    # --- for metrics (read when scraped; must not block) -------------------------------
 
     def round_trips(self) -> Mapping[str, RoundTrips]:
         """Calls to the backing service by operation (``presence_lookup``,

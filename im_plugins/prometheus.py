@@ -4,8 +4,9 @@ needs ``pip install 'im[metrics]'``). docs/operations.md, "Metrics", lists them.
 Two sources, neither on a hot path:
 
 - the node's own counters (``server.metrics``, ``im_core.metrics``) and what the
-  public server API answers (queue length, the broker's round trips and live
-  nodes), turned into metric families when scraped by ``NodeCollector``;
+  public server API answers (queue length, the broker's round trips, the online
+  count and live nodes), turned into metric families when scraped by
+  ``NodeCollector``;
 - low-rate events from hooks (refused connections, disconnects, ack outcomes),
   counted as they happen (``Events``) and exported by the same collector.
 
@@ -33,7 +34,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from im_core import hookimpl
-from im_core.errors import CloseCode, ImError
+from im_core.errors import ImError
+from im_core.events import CLOSE_CLASSES, close_class
 from im_core.identity import Reject
 from im_core.metrics import Histogram
 from im_core.server_api import ServerAPI
@@ -43,7 +45,7 @@ PATH = "/metrics"
 #: scrapes: a client calling /metrics in a loop costs the broker nothing more.
 CLUSTER_EVERY = 1.0
 #: Close codes a client may send back are many: codes im does not name are "other".
-KNOWN_CODES = frozenset(int(c) for c in CloseCode) | frozenset(range(1000, 1016))
+KNOWN_CODES = frozenset(CLOSE_CLASSES) | frozenset(range(1000, 1016))
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -138,11 +140,6 @@ class NodeCollector(Collector):
         )
         up.add_metric([broker.name], 1 if broker.healthy() else 0)
         yield up
-        yield GaugeMetricFamily(
-            "im_cluster_nodes",
-            "Nodes of the cluster alive at the broker's last heartbeat (1: a single node).",
-            value=broker.live_nodes(),
-        )
         trips = dict(broker.round_trips())
         seconds = HistogramMetricFamily(
             "im_broker_round_trip_seconds",
@@ -168,7 +165,7 @@ class Events:
     def __init__(self) -> None:
         self.refusals: dict[str, int] = {}
         # Known label values start at 0, so a rate over them exists before the first.
-        self.disconnects = {str(int(code)): 0 for code in CloseCode}
+        self.disconnects = {(str(code), close_class(code)): 0 for code in CLOSE_CLASSES}
         self.acks = {("acked", ""): 0, ("expired", "max_tries"): 0, ("expired", "offline"): 0}
 
     def collect(self) -> Iterable[Metric]:
@@ -183,12 +180,12 @@ class Events:
         yield refusals
         disconnects = CounterMetricFamily(
             "im_disconnects",
-            "Client connections closed, by close code (4001: slow consumer; "
-            "codes im does not name: other).",
-            labels=["code"],
+            "Client connections closed, by close code and its class, as the log names "
+            "it (4001: slow_consumer; codes im does not name: other).",
+            labels=["code", "class"],
         )
-        for code, n in sorted(self.disconnects.items()):
-            disconnects.add_metric([code], n)
+        for (code, kind), n in sorted(self.disconnects.items()):
+            disconnects.add_metric([code, kind], n)
         yield disconnects
         acks = CounterMetricFamily(
             "im_acks",
@@ -218,7 +215,7 @@ class Exporter:
         self._cluster_at = float("-inf")
 
     async def refresh(self) -> None:
-        """Read the cluster-wide numbers (a broker round trip), at most once per
+        """Read the cluster-wide numbers (broker round trips), at most once per
         ``CLUSTER_EVERY``; while the broker cannot answer they are left out."""
         now = time.monotonic()
         if now - self._cluster_at < CLUSTER_EVERY:
@@ -226,12 +223,14 @@ class Exporter:
         self._cluster_at = now
         try:
             stats = await self.server.stats()
+            nodes = await self.server.nodes()
         except ImError:
             self.collector.cluster = {}
             return
         self.collector.cluster = {
             "im_online_users": (stats.online, "Users online in the cluster (any node)."),
             "im_unacked_messages": (stats.unacked, "Pushes this node waits for an ack of."),
+            "im_cluster_nodes": (len(nodes), "Live nodes of the cluster, this one included."),
         }
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -264,7 +263,8 @@ def im_validate_failed(server: ServerAPI, reject: Reject) -> None:
 
 @hookimpl
 def im_disconnected(server: ServerAPI, code: int) -> None:
-    count(exporter(server).events.disconnects, str(code) if code in KNOWN_CODES else "other")
+    key = (str(code), close_class(code)) if code in KNOWN_CODES else ("other", "other")
+    count(exporter(server).events.disconnects, key)
 
 
 @hookimpl

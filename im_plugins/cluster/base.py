@@ -116,7 +116,6 @@ class ClusterBroker(Broker):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self.dropped = 0  # broadcasts/tag pushes that reached only this node (outage)
-        self.nodes_seen = 1  # live nodes at the last heartbeat (``_heartbeat`` sets it)
         self._outgoing: list[tuple[Push, bytes]] = []
         self._sender: asyncio.Task[None] | None = None
         self._keeps: Batched[KeepRequest, list[str]] = Batched(self._keep_many, self.spawn)
@@ -179,8 +178,7 @@ class ClusterBroker(Broker):
 
     @abc.abstractmethod
     async def _heartbeat(self) -> None:
-        """Refresh this node's liveness; set ``self._resync`` when the store lost it,
-        and ``self.nodes_seen`` to the number of live nodes."""
+        """Refresh this node's liveness; set ``self._resync`` when the store lost it."""
 
     @abc.abstractmethod
     async def _reregister(self) -> None:
@@ -233,9 +231,6 @@ class ClusterBroker(Broker):
 
     def healthy(self) -> bool:
         return self.health.up
-
-    def live_nodes(self) -> int:
-        return self.nodes_seen
 
     def round_trips(self) -> Mapping[str, RoundTrips]:
         return self.health.round_trips

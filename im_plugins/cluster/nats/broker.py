@@ -471,7 +471,6 @@ class NatsBroker(ClusterBroker):
                 await self._ensure_buckets()
             elif orjson.loads(entry.value)["i"] != self.token:
                 log.error("nats broker: node id %d is used by another node", self.node_id)
-            self.nodes_seen = len(await self._nodes())  # entries expire with their node
         # The entry itself is written by _publish_state, which follows every heartbeat.
 
     async def _reregister(self) -> None:

@@ -326,8 +326,7 @@ class RedisBroker(ClusterBroker):
                 self._resync = True
             elif state == 0:
                 log.error("redis broker: node id %d is used by another node", self.node_id)
-            # forget nodes whose lease expired; the answer: the live ones
-            self.nodes_seen = int(await self._script(self.s["PURGE"], "*"))
+            await self._script(self.s["PURGE"], "*")  # forget nodes whose lease expired
 
     async def _reregister(self) -> None:
         entries = [p for devices in self.local.values() for p in devices]

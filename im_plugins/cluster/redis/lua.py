@@ -64,8 +64,7 @@ end
 return -1
 """
 
-# Drop the state of node ARGV[2] (ARGV[2] = '*': of every node whose lease is gone,
-# answering how many nodes are alive).
+# Drop the state of node ARGV[2] (ARGV[2] = '*': of every node whose lease is gone).
 PURGE = (
     _ENTRIES
     + """
@@ -83,16 +82,15 @@ local function purge(id)
   redis.call('DEL', users, p..':tags:'..id, p..':dist:'..id, p..':conns:'..id)
 end
 if ARGV[2] ~= '*' then purge(ARGV[2]) return 1 end
-local live = 0
+local n = 0
 for _, id in ipairs(redis.call('SMEMBERS', p..':nodes')) do
   if redis.call('EXISTS', p..':node:'..id) == 0 then
     purge(id)
     redis.call('SREM', p..':nodes', id)
-  else
-    live = live + 1
+    n = n + 1
   end
 end
-return live
+return n
 """
 )
 

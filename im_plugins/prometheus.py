@@ -11,12 +11,14 @@ Two sources, neither on a hot path:
   counted as they happen (``Events``) and exported by the same collector.
 
 Each node has its own registry (several nodes may share a process, as in the
-tests), with the process collector (CPU, memory, descriptors) beside im's.
+tests), with the process's CPU and memory beside im's (``ProcessMetrics``).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import resource
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
@@ -30,7 +32,6 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from im_core import hookimpl
@@ -46,6 +47,8 @@ PATH = "/metrics"
 CLUSTER_EVERY = 1.0
 #: Close codes a client may send back are many: codes im does not name are "other".
 KNOWN_CODES = frozenset(CLOSE_CLASSES) | frozenset(range(1000, 1016))
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -159,6 +162,48 @@ class NodeCollector(Collector):
         yield errors
 
 
+class ProcessMetrics(Collector):
+    """CPU, memory and the descriptor limit of the process, under the names of
+    ``prometheus_client``'s process collector, which also counts open descriptors
+    by listing ``/proc/self/fd``: 5 ms at 10,000 connections, in the event loop,
+    at every scrape (``im_connections`` counts the sockets that matter)."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+
+    def collect(self) -> Iterable[Metric]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        yield CounterMetricFamily(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds.",
+            value=usage.ru_utime + usage.ru_stime,
+        )
+        rss = _resident_bytes()
+        if rss is not None:
+            yield GaugeMetricFamily(
+                "process_resident_memory_bytes", "Resident memory size in bytes.", value=rss
+            )
+        yield GaugeMetricFamily(
+            "process_max_fds",
+            "Maximum number of open file descriptors.",
+            value=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        )
+        yield GaugeMetricFamily(
+            "process_start_time_seconds",
+            "When the metrics plugin started, in seconds since the epoch (about the "
+            "process start).",
+            value=self.started,
+        )
+
+
+def _resident_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None  # not Linux
+
+
 class Events:
     """Low-rate events counted from hooks, exported by the collector."""
 
@@ -211,7 +256,7 @@ class Exporter:
         self.collector = NodeCollector(server, self.events)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
-        ProcessCollector(registry=self.registry)
+        self.registry.register(ProcessMetrics())
         self._cluster_at = float("-inf")
 
     async def refresh(self) -> None:

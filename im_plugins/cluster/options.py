@@ -56,8 +56,8 @@ def without_secrets(urls: str) -> str:
         parts = urlsplit(url.strip())
         if parts.username or parts.password:
             host = parts.netloc.rsplit("@", 1)[1]
-            parts = parts._replace(netloc="***@" + host)
-        shown.append(parts.geturl())
+            url = parts._replace(netloc="***@" + host).geturl()
+        shown.append(url.strip())
     return ",".join(shown)
 
 

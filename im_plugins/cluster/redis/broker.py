@@ -25,6 +25,7 @@ from im_core.tags import TagStat
 from .. import wire
 from ..base import ClusterBroker
 from ..inbox import Entry, pack_tag_push, pack_value, unpack_tag_push, unpack_value
+from ..options import without_secrets
 from . import lua
 
 log = logging.getLogger("im.redis")
@@ -143,7 +144,12 @@ class RedisBroker(ClusterBroker):
         self.spawn(self._listen())
         self.spawn(self._keep_alive())
         self.spawn(self._sweeper())
-        log.info("redis broker: node %d joined cluster %r at %s", node_id, self.prefix, self.url)
+        log.info(
+            "redis broker: node %d joined cluster %r at %s",
+            node_id,
+            self.prefix,
+            without_secrets(self.url),
+        )
         return node_id
 
     async def stop(self) -> None:

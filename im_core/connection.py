@@ -237,40 +237,106 @@ class Connection:
 
 
 class Outbox:
-    """Connections with queued frames; flushed once per event-loop iteration.
+    """Connections with queued frames, written one ``transport.write`` each.
 
-    Marking costs one list append; the flush is one ``call_soon`` however many
-    connections and frames were queued, so a burst of pushes reaches each socket
-    as one write.
+    Marking costs one list append; one scheduled flush serves however many
+    connections and frames were queued, so a burst of pushes reaches each socket as
+    one write. A round of writes starts on the next loop iteration, or ``delay``
+    seconds after the first frame of the round was queued (``--write-delay``: one
+    shared timer per round, not one per connection). It writes at most
+    ``slice_size`` connections per loop iteration and yields between slices, so a
+    broadcast to many connections does not hold API calls and unicast pushes back
+    for the whole fan-out. Frames queued during a round for a connection it already
+    wrote wait for the next one, which with a delay starts that long after the round
+    ends: each connection is written at most once per round. A connection passed to
+    ``expedite`` goes first at the next slice: its queued frames, in order, in one
+    write.
 
     It also counts what it writes (``frames``, ``bytes``: read through
-    ``server.metrics``) and times one push per flush: the oldest push whose frames
-    it writes (``since``, set by ``LocalNode.deliver`` while a flush is
-    ``scheduled``), from the push call to the end of the socket writes.
+    ``server.metrics``) and times one push per round: the oldest push whose frames
+    it writes (``since``, set by ``LocalNode.deliver`` while a round is
+    ``scheduled``), from the push call to the end of the round's socket writes.
     """
 
-    __slots__ = ("_dirty", "_loop", "bytes", "frames", "latency", "scheduled", "since")
+    __slots__ = (
+        "_at",
+        "_delay",
+        "_dirty",
+        "_loop",
+        "_round",
+        "_slice",
+        "_urgent",
+        "bytes",
+        "frames",
+        "latency",
+        "scheduled",
+        "since",
+    )
 
-    def __init__(self, loop: Any) -> None:
+    def __init__(self, loop: Any, *, delay: float = 0.0, slice_size: int = 100) -> None:
         self._loop = loop
-        self._dirty: list[Connection] = []
+        self._delay = delay
+        self._slice = slice_size
+        self._dirty: list[Connection] = []  # marked since the round began
+        self._round: list[Connection] = []  # the round being written
+        self._at = 0  # where its next slice starts
+        self._urgent: list[Connection] = []
         self.scheduled = False
         self.frames = 0
         self.bytes = 0
-        self.since = 0.0  # perf_counter() of the oldest push waiting for this flush
+        self.since = 0.0  # perf_counter() of the oldest push waiting for this round
         self.latency: Histogram | None = None
 
     def mark(self, conn: Connection) -> None:
         self._dirty.append(conn)
         if not self.scheduled:
             self.scheduled = True
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self._delay:
+            self._loop.call_later(self._delay, self.flush)
+        else:
             self._loop.call_soon(self.flush)
 
+    @property
+    def backlog(self) -> bool:
+        """Whether a round is being written with more than one slice to go."""
+        return len(self._round) - self._at > self._slice
+
+    def expedite(self, conn: Connection) -> None:
+        """Write ``conn`` at the next slice, ahead of the round being written."""
+        self._urgent.append(conn)
+
     def flush(self) -> None:
-        self.scheduled = False
-        dirty, self._dirty = self._dirty, []
+        if not self._at:  # a new round: what was marked until now
+            self._round, self._dirty = self._dirty, []
+        run, start = self._round, self._at
+        end = start + self._slice
+        last = end >= len(run)
+        if not last:  # more than one slice: the rest on the next iteration
+            self._at = end
+            self._loop.call_soon(self.flush)
+            batch = run[start:end]
+        else:
+            self._round, self._at = [], 0
+            batch = run[start:] if start else run
+            if self._dirty:  # queued during the round: the next one
+                self._schedule()
+            else:
+                self.scheduled = False
+        if self._urgent:
+            urgent, self._urgent = self._urgent, []
+            self._write(urgent)
+        self._write(batch)
+        if last and self.since:
+            if self.latency is not None:
+                self.latency.observe(time.perf_counter() - self.since)
+            self.since = 0.0
+
+    def _write(self, conns: list[Connection]) -> None:
         frames = written = 0  # counted here, in locals: one add per connection
-        for conn in dirty:
+        for conn in conns:
             try:
                 frames += len(conn._pending)
                 written += conn._write()
@@ -278,7 +344,3 @@ class Outbox:
                 conn.close(CloseCode.INTERNAL_ERROR, f"write failed: {exc}"[:120])
         self.frames += frames
         self.bytes += written
-        if self.since:
-            if self.latency is not None:
-                self.latency.observe(time.perf_counter() - self.since)
-            self.since = 0.0

@@ -32,6 +32,10 @@ class Node:
         tracks = server.acks.tracks
         if push.kind == "users":
             missing = []
+            # Behind a fan-out still being written, a user's frames go out at the
+            # next slice (after what was queued for them before, in one write).
+            outbox = server.outbox
+            urgent = outbox.expedite if outbox.backlog else None
             of = server.buckets.of
             for user in push.users:
                 mine = of(user)
@@ -47,7 +51,10 @@ class Node:
                         frame = cache[conn.fmt] = conn.fmt.build(sid, payload)
                     if not conn.send(frame):
                         missing.append(user)
-                    elif track is not None:
+                        continue
+                    if urgent is not None:
+                        urgent(conn)
+                    if track is not None:
                         track(user, sid, payload, conn.device).queued = conn.holding
                     continue
                 reached = False
@@ -62,6 +69,8 @@ class Node:
                         frame = cache[conn.fmt] = conn.fmt.build(sid, payload)
                     if conn.send(frame):
                         reached = True
+                        if urgent is not None:
+                            urgent(conn)
                         if track is not None and device not in fresh:
                             track(user, sid, payload, device).queued = conn.holding
                             fresh.add(device)

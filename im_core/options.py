@@ -112,6 +112,14 @@ class Options:
         1 << 20, "bytes a congested connection may hold back before it is closed",
         converter=int, validator=positive,
     )
+    write_delay: float = option(
+        0.0, "ms a connection's frames may wait to be written together (0: every loop turn)",
+        converter=float, validator=[not_negative, v.le(1000.0)],
+    )
+    fanout_slice: int = option(
+        100, "connections written per event-loop turn before other work runs",
+        converter=int, validator=positive,
+    )
     broadcast_buffer: int = option(
         200, "capacity of the broadcast queue", converter=int, validator=positive
     )

@@ -131,7 +131,9 @@ class Server:
     async def _start(self, stack: AsyncExitStack) -> None:
         loop = asyncio.get_running_loop()
         self.loop = loop
-        self.outbox = Outbox(loop)
+        self.outbox = Outbox(
+            loop, delay=self.options.write_delay / 1000, slice_size=self.options.fanout_slice
+        )
         self.metrics.attach(self.outbox)
         self._check_options()
         self.codecs = self.hooks.codecs()

@@ -11,6 +11,8 @@ python -m bench ack
 python -m bench delivery --base ../im-old     # store / ack costs and logins per broker
 python -m bench abuse --server-args "--idle-timeout 5 --header-timeout 5"
 python -m bench soak                     # mixed delivery soak, two load cycles
+python -m bench calls --delays 0,1,5,20  # 100 awaited Broadcast calls, --write-delay
+python -m bench behind --base ../im-old  # unicast p99 while broadcasts to 10k happen
 python -m bench plot bench/results/all-*.json   # PNG for docs/
 """
 
@@ -29,7 +31,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from . import abuse, delivery, soak
+from . import abuse, behind, calls, delivery, soak
 from .acks import ACK_SERVERS, ack_session
 from .scenarios import session
 from .servers import IM, LOADGEN_CPU, ROOT, SPECS
@@ -207,7 +209,8 @@ async def run(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("scenario", choices=[*SCENARIOS, "abuse", "soak", "delivery", "plot"])
+    own = ["abuse", "soak", "delivery", "calls", "behind", "plot"]  # scenarios with a main
+    parser.add_argument("scenario", choices=[*SCENARIOS, *own])
     parser.add_argument("files", nargs="*", help="plot: result JSON files")
     parser.add_argument("--servers", default="im,aiohttp,socketio")
     parser.add_argument("--n", default="2000,10000", help="client counts, comma separated")
@@ -223,22 +226,28 @@ def main() -> int:
     abuse.add_arguments(parser)
     soak.add_arguments(parser)
     delivery.add_arguments(parser)
+    calls.add_arguments(parser)
+    behind.add_arguments(parser)
     args = parser.parse_args()
     if args.scenario == "plot":
         from .plot import plot
 
         return plot([Path(f) for f in args.files])
     os.sched_setaffinity(0, {LOADGEN_CPU})
+    if args.base:  # another tree of im, as the server "base" (delivery has its own)
+        SPECS["base"] = dataclasses.replace(IM, name="base", root=Path(args.base).resolve())
     if args.scenario == "abuse":
         return abuse.main(args, RESULTS, versions())
     if args.scenario == "soak":
         return soak.main(args, RESULTS, versions())
+    if args.scenario == "behind":
+        return behind.main(args, RESULTS, versions())
+    if args.scenario == "calls":
+        return calls.main(args, RESULTS, versions())
     if args.scenario == "delivery":
         args.modes = args.modes or ",".join(delivery.MODES)
         return delivery.main(args, RESULTS, versions())
     args.modes = args.modes or ",".join(DEFAULT_MODES)
-    if args.base:  # another tree of im, as the server "base"
-        SPECS["base"] = dataclasses.replace(IM, name="base", root=Path(args.base).resolve())
     import uvloop
 
     return uvloop.run(run(args))

@@ -152,7 +152,7 @@ class WsClient(asyncio.Protocol):
 class Counter(asyncio.Protocol):
     """One idle client: upgrade, optional hello frame, then count received bytes."""
 
-    __slots__ = ("done_at", "got", "head", "pool", "ready", "transport", "upgraded")
+    __slots__ = ("done_at", "got", "head", "pool", "ready", "stamps", "transport", "upgraded")
 
     def __init__(self, pool: Pool, request: bytes, upgraded: asyncio.Future[bool]) -> None:
         self.pool = pool
@@ -162,6 +162,8 @@ class Counter(asyncio.Protocol):
         self.ready = False
         self.done_at = 0.0
         self.transport: asyncio.Transport | None = None
+        #: (time, bytes so far) of each read, for the few clients that time messages
+        self.stamps: list[tuple[float, int]] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -171,6 +173,8 @@ class Counter(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.ready:
             got = self.got = self.got + len(data)
+            if self.stamps is not None:
+                self.stamps.append((time.perf_counter(), got))
             pool = self.pool
             if got >= pool.expect and not self.done_at:
                 self.done_at = time.perf_counter()
@@ -248,6 +252,8 @@ class Pool:
         for c in self.clients:
             c.got = 0
             c.done_at = 0.0
+            if c.stamps is not None:
+                c.stamps = []
         return self.all_done
 
     def counts(self) -> dict[int, int]:

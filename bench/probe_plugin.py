@@ -3,7 +3,7 @@
 Loaded by the harness (``im-run --plugin bench.probe_plugin``) with
 ``BENCH_PROBE_FILE`` set. It triggers nothing (the harness pushes through the
 real API); it only times, for the last broadcast, in ms from the ``broadcast``
-call: F = the outbox flush began (a frame queued on every connection) and W = its
+call: F = the outbox flush began (its first slice) (a frame queued on every connection) and W = its
 socket writes done, plus C = connections written. After each such flush it
 overwrites the file with one line ``W F C``. Only flushes after a ``broadcast``
 call are timed: unicast flushes (one socket each) must not pay for the file write.
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 _queued_at = [0.0]
 _fd = [-1]
 _armed = [False]  # a broadcast was called: time the next flush of several sockets
+_began = [0.0, 0.0]  # the timed flush: when it began, connections it had
 
 
 class _TimedOutbox(Outbox):
@@ -35,11 +36,13 @@ class _TimedOutbox(Outbox):
         if not _armed[0]:
             super().flush()
             return
-        n, start = len(self._dirty), time.perf_counter()
+        if not self._at:  # the first slice of a round
+            _began[:] = [time.perf_counter(), len(self._dirty)]
         super().flush()
-        if n > 1:  # stamp again next iteration, after any writes the loop deferred
-            _armed[0] = False
-            self._loop.call_soon(_stamp, start, n)
+        start, n = _began
+        if not self._at and n > 1:  # its last slice: stamp again next iteration,
+            _armed[0] = False  # after any writes the loop deferred
+            self._loop.call_soon(_stamp, start, int(n))
 
 
 def _stamp(start: float, n: int) -> None:

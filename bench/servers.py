@@ -101,6 +101,20 @@ SPECS = {s.name: s for s in (IM, IM_METRICS, AIOHTTP, SOCKETIO)}
 SCRAPE_EVERY = 1.0
 
 
+def _helper_argv() -> list[str]:
+    """How a backend-side helper process (a caller, a pusher) is started: on the load
+    generator's core, but ahead of it (real-time priority when allowed), so that
+    reading N sockets after a broadcast does not delay the helper's own calls and
+    clock readings."""
+    pin = ["taskset", "-c", str(LOADGEN_CPU)]
+    if os.geteuid() == 0 and shutil.which("chrt"):
+        return ["chrt", "-f", "10", *pin]
+    return pin
+
+
+HELPER_ARGV = _helper_argv()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))

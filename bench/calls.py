@@ -1,10 +1,10 @@
 """A backend's broadcasts one call at a time, and what ``--write-delay`` does to them.
 
-    python -m bench calls --n 2000,10000 --delays 0,1,5,20 --runs 3
+    python -m bench calls --n 2000,10000 --delays 0,1,5,20 --runs 3 [--base ../im-old]
 
-Per run and N: im once per write delay, then the aiohttp peer, each in its own
-process on the server core with N counting clients. A caller process (``bench.caller``,
-on the load generator's core but apart from it) makes ``M`` = 100 broadcast calls one
+Per run and N: im once per write delay, another tree of im (``--base``), then the
+aiohttp peer, each in its own process on the server core with N counting clients. A
+caller process (``bench.caller``, on the load generator's core but ahead of it) makes ``M`` = 100 broadcast calls one
 after another, each awaited: im through the original's gRPC API
 (``im.basic.Basic/Broadcast``), the peer through its own HTTP ``broadcast`` (which
 answers once it has sent to every client). Measured:
@@ -32,7 +32,7 @@ from typing import Any
 
 from .loadgen import Pool
 from .scenarios import CONNECT_CONCURRENCY, SIZE, CheckFailed, _broadcast, _settled_counts
-from .servers import AIOHTTP, HELPER_ARGV, HOST, IM, ROOT, Running, Spec, running
+from .servers import AIOHTTP, HELPER_ARGV, HOST, IM, ROOT, SPECS, Running, Spec, running
 
 M = 100
 PROBES = 50
@@ -127,6 +127,8 @@ def configs(args: argparse.Namespace) -> list[tuple[str, Spec, list[str]]]:
         name = f"im --write-delay {delay}"
         extra = [*shlex.split(args.server_args), "--write-delay", delay]
         out.append((name, dataclasses.replace(IM, name=name), extra))
+    if "base" in SPECS:  # another tree of im (--base), as it is
+        out.append(("base", SPECS["base"], shlex.split(args.server_args)))
     out.append(("aiohttp", AIOHTTP, []))
     return out
 

@@ -4,10 +4,10 @@
 
 Per run and N: im once per write delay, another tree of im (``--base``), then the
 aiohttp peer, each in its own process on the server core with N counting clients. A
-caller process (``bench.caller``, on the load generator's core but ahead of it) makes ``M`` = 100 broadcast calls one
-after another, each awaited: im through the original's gRPC API
-(``im.basic.Basic/Broadcast``), the peer through its own HTTP ``broadcast`` (which
-answers once it has sent to every client). Measured:
+caller process (``bench.caller``, on the load generator's core but ahead of it)
+makes ``M`` = 100 broadcast calls one after another, each awaited: im through the
+original's gRPC API (``im.basic.Basic/Broadcast``), the peer through its own HTTP
+``broadcast`` (which answers once it has sent to every client). Measured:
 
 - deliveries/s = N x M / (first call -> last byte at the last client);
 - server CPU per delivery (its CPU time over the session / N x M), in microseconds;

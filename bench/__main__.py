@@ -7,6 +7,7 @@ python -m bench fanout --servers im,base --base ../im-old  # against another tre
 python -m bench memory --servers im,aiohttp
 python -m bench unicast --modes grpc,http,grpc-stream,http-stream
 python -m bench unicast --servers im --push-flags ack --server-args "--broker redis"
+python -m bench scaling --servers im-w1,im-w2,im --n 10000 --m 300 --channels 8
 python -m bench ack
 python -m bench delivery --base ../im-old     # store / ack costs and logins per broker
 python -m bench abuse --server-args "--idle-timeout 5 --header-timeout 5"
@@ -47,11 +48,14 @@ SCENARIOS = {
     "unicast": {"unicast"},
     "ack": {"ack"},
     "all": {"burst", "latency", "memory", "connect", "unicast", "ack"},
+    # 1 vs 2 workers (docs/performance.md, "Workers: 1 vs 2")
+    "scaling": {"burst", "latency", "connect", "unicast"},
 }
 BROADCAST_PHASES = {"burst", "latency", "memory", "connect"}
 METRICS = (  # key, label, format, higher is better
     ("deliveries_per_s", "burst deliveries/s", "{:,.0f}", True),
     ("deliveries_per_cpu_s", "  burst deliveries per server CPU-second", "{:,.0f}", True),
+    ("cpu_us_per_delivery", "  server CPU per delivery, µs", "{:,.3f}", False),
     ("latency_ms", "1 broadcast -> last client, ms", "{:,.1f}", False),
     (
         "server_fanout_ms",
@@ -69,11 +73,13 @@ METRICS = (  # key, label, format, higher is better
     ("connect_per_s", "connections/s (validate hook)", "{:,.0f}", True),
     ("connect_per_cpu_s", "connections per server CPU-second", "{:,.0f}", True),
     ("uni_grpc_per_s", "unicast pushes/s, im gRPC PushUser (peers: HTTP)", "{:,.0f}", True),
+    ("uni_grpc_server_us", "  server CPU per call, µs", "{:,.0f}", False),
     ("uni_grpc_p50_ms", "  push -> client p50 at the paced rate, ms", "{:,.2f}", False),
     ("uni_grpc_p99_ms", "  push -> client p99 at the paced rate, ms", "{:,.2f}", False),
     ("uni_grpc_half_rate", "  half its own rate, pushes/s", "{:,.0f}", True),
     ("uni_grpc_half_p99_ms", "  push -> client p99 at half its own rate, ms", "{:,.2f}", False),
     ("uni_http_per_s", "unicast pushes/s, HTTP push_user", "{:,.0f}", True),
+    ("uni_http_server_us", "  server CPU per call, µs", "{:,.0f}", False),
     ("uni_http_p50_ms", "  push -> client p50 at the paced rate, ms", "{:,.2f}", False),
     ("uni_http_p99_ms", "  push -> client p99 at the paced rate, ms", "{:,.2f}", False),
     ("uni_grpc-stream_per_s", "unicast pushes/s, im gRPC PushStream", "{:,.0f}", True),
@@ -122,8 +128,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def table(summary: dict[str, dict[str, Any]], servers: list[str], ns: list[int]) -> str:
     servers = [s for s in servers if any(v["server"] == s for v in summary.values())]
-    peers = [s for s in servers if s != "im"]
-    head = ["N", "measure", *servers, *(f"im/{p}" for p in peers)]
+    peers = [s for s in servers if s != "im" and not s.startswith("im-w")]
+    # two workers against one, when both ran
+    scaling = all(s in servers for s in ("im-w1", "im-w2"))
+    head = ["N", "measure", *servers, *(f"im/{p}" for p in peers), *(["w2/w1"] * scaling)]
     rows = [head]
     for n in ns:
         for metric, label, fmt, _ in METRICS:
@@ -135,6 +143,9 @@ def table(summary: dict[str, dict[str, Any]], servers: list[str], ns: list[int])
             for p in peers:
                 other = summary.get(f"{p}@{n}", {}).get(PEER_METRIC.get(metric, metric))
                 row.append(f"{im / other:.2f}x" if im and other else "-")
+            if scaling:
+                w1, w2 = (summary.get(f"im-w{k}@{n}", {}).get(metric) for k in (1, 2))
+                row.append(f"{w2 / w1:.2f}x" if w1 and w2 else "-")
             rows.append(row)
     return "\n".join("| " + " | ".join(r) + " |" for r in [rows[0], ["---"] * len(head), *rows[1:]])
 
@@ -158,7 +169,9 @@ async def one(args: argparse.Namespace, kind: str, name: str, n: int) -> dict[st
     extra = shlex.split(args.server_args) if spec.im else []
     if kind == "unicast":
         modes, flags = tuple(args.modes.split(",")), parse_flags(args.push_flags)
-        return await unicast_session(spec, n, modes, rate=args.rate, extra_args=extra, flags=flags)
+        return await unicast_session(
+            spec, n, modes, rate=args.rate, extra_args=extra, flags=flags, channels=args.channels
+        )
     if kind == "ack":
         return await ack_session(spec)
     phases = SCENARIOS[args.scenario] & BROADCAST_PHASES
@@ -221,6 +234,9 @@ def main() -> int:
         "--modes", help=f"unicast modes (default {DEFAULT_MODES}; delivery: {delivery.MODES})"
     )
     parser.add_argument("--rate", type=float, default=RATE, help="unicast: paced pushes/s")
+    parser.add_argument(
+        "--channels", type=int, default=1, help="unicast: gRPC channels (TCP connections)"
+    )
     parser.add_argument("--push-flags", default="", help='unicast: e.g. "ack" or "ack,store"')
     parser.add_argument("--server-args", default="", help='extra im-run flags, e.g. "--store"')
     abuse.add_arguments(parser)

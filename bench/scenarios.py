@@ -96,7 +96,7 @@ async def session(
                     counts = await _settled_counts(pool)
                     if counts != {frame_bytes: n}:
                         raise CheckFailed(f"{spec.name}: latency broadcast got {counts}")
-                    if spec.im:  # where the time went: the server's part of it
+                    if spec.probe:  # where the time went: the server's part of it
                         written, fanout = server.probe_reading()
                         flushes.append(written)
                         fanouts.append(fanout)
@@ -119,6 +119,7 @@ async def session(
                 # the server's cost, robust to other load on its core (1/100 s ticks:
                 # a long burst, --m 300 or more, keeps their rounding small)
                 result["deliveries_per_cpu_s"] = n * m / cpu if cpu else 0.0
+                result["cpu_us_per_delivery"] = cpu / (n * m) * 1e6
         finally:
             pool.close()
             await asyncio.sleep(0.2)

@@ -1,6 +1,8 @@
 """The servers under test: how to start each, reach its clients, and trigger it.
 
-Every server runs in its own process pinned to ``SERVER_CPU``. The harness drives
+Every server runs in its own process pinned to ``SERVER_CPU``, except ``im-w1`` /
+``im-w2`` (``im-run --workers N``), which may use every core: their CPU and memory
+are summed over the process tree (supervisor, workers, nats-server). The harness drives
 each one over HTTP the way a backend would: im through its push API (``/api/v1``),
 each peer through the same routes without the prefix (``bench/peers``):
 
@@ -58,6 +60,15 @@ class Spec:
     #: a path the harness GETs every ``SCRAPE_EVERY`` seconds while the server runs,
     #: as Prometheus would (``/metrics`` of ``im-metrics``)
     scrape: str = ""
+    #: pinned to ``SERVER_CPU``; False lets the server use every core (workers)
+    pinned: bool = True
+    #: ``bench.probe_plugin`` loaded: one process stamps its broadcasts' flushes
+    probe: bool = False
+    #: the ``stats`` field that counts connected clients (all workers': "online_connections")
+    count_field: str = "connections"
+    #: nodes (workers) to wait for in ``GET nodes`` before clients connect: with one
+    #: still starting, the kernel would hand every connection to the others
+    nodes: int = 0
 
 
 def _py(*args: str) -> list[str]:
@@ -76,6 +87,7 @@ IM = Spec(
     # Measure the built-in token_auth validate hook, whatever plugins are installed.
     env={"IM_DISABLE_PLUGIN_AUTOLOAD": "1"},
     im=True,
+    probe=True,
 )
 AIOHTTP = Spec(
     name="aiohttp",
@@ -96,7 +108,32 @@ IM_METRICS = dataclasses.replace(
     argv=lambda port, rpc: [*IM.argv(port, rpc), "--plugin", "prometheus"],
     scrape="/metrics",
 )
-SPECS = {s.name: s for s in (IM, IM_METRICS, AIOHTTP, SOCKETIO)}
+
+
+def _workers(count: int) -> Spec:
+    """``im-run --workers count`` over its embedded NATS, unpinned. No probe plugin:
+    its in-process stamp cannot span workers, so latency is the load generator's
+    trigger -> last client only. Clients are counted over all workers (the broker's
+    ``online_connections``): ``stats`` is answered by whichever worker gets it."""
+    return dataclasses.replace(
+        IM,
+        name=f"im-w{count}",
+        argv=lambda port, rpc: _py(
+            *("-m", "im_core.cli", "--host", HOST, "--http-port", str(port)),
+            *("--rpc-port", str(rpc), "--heartbeat-interval", "3600", "--log-level", "WARNING"),
+            *("--workers", str(count)),
+        ),
+        pinned=False,
+        probe=False,
+        count_field="online_connections",
+        nodes=count,
+    )
+
+
+#: the same supervisor and broker, one worker or two: the worker count is the only
+#: difference (``--servers im-w1,im-w2``; plain ``im`` is one node, memory broker)
+IM_W1, IM_W2 = _workers(1), _workers(2)
+SPECS = {s.name: s for s in (IM, IM_METRICS, IM_W1, IM_W2, AIOHTTP, SOCKETIO)}
 #: seconds between scrapes of a spec with ``scrape`` (Prometheus' default is 15 s)
 SCRAPE_EVERY = 1.0
 
@@ -134,6 +171,43 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (a scan of /proc: no children file needed)."""
+    parent: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                ppid = int(fh.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError):  # gone meanwhile
+            continue
+        parent.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(parent.get(p, ()))
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid`` and its live descendants (supervisor, workers, broker)."""
+    total = 0.0
+    for p in tree(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(p)
+    return total
+
+
+def tree_rss_kb(pid: int) -> int:
+    total = 0
+    for p in tree(pid):
+        with contextlib.suppress(OSError, RuntimeError):
+            total += rss_kb(p)
+    return total
 
 
 def core_busy_seconds(cpu: int) -> float:
@@ -185,10 +259,11 @@ class Running:
         return self.proc.pid
 
     def rss_kb(self) -> int:
-        return rss_kb(self.proc.pid)
+        return rss_kb(self.proc.pid) if self.spec.pinned else tree_rss_kb(self.proc.pid)
 
     def cpu_seconds(self) -> float:
-        return cpu_seconds(self.proc.pid)
+        """The server's CPU so far: of its process, or its whole tree (workers)."""
+        return cpu_seconds(self.proc.pid) if self.spec.pinned else tree_cpu_seconds(self.proc.pid)
 
     async def post(self, route: str, body: bytes) -> dict:
         async with self.session.post(self.base + route, data=body) as r:
@@ -208,7 +283,7 @@ class Running:
         async with self.session.get(self.base + "stats") as r:
             if r.status != 200:  # a cluster node answers 503 while its broker is away
                 raise RuntimeError(f"{self.spec.name}: stats {r.status} {await r.text()}")
-            return int((await r.json())["connections"])
+            return int((await r.json())[self.spec.count_field])
 
     async def wait_count(self, n: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -245,8 +320,9 @@ async def running(
     env = {**os.environ, "PYTHONPATH": str(spec.root), **spec.env}
     probe = Path(tempfile.gettempdir()) / f"im-bench-probe-{port}"
     env["BENCH_PROBE_FILE"] = str(probe)
+    pin = ["taskset", "-c", str(cpu)] if spec.pinned else []
     proc = subprocess.Popen(  # noqa: ASYNC220 - started once per session, before timing
-        ["taskset", "-c", str(cpu), *spec.argv(port, rpc_port), *extra_args],
+        [*pin, *spec.argv(port, rpc_port), *extra_args],
         cwd=spec.root,
         env=env,
     )
@@ -273,6 +349,13 @@ async def running(
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{spec.name}: stats {r.status} {await r.text()}")
+            await asyncio.sleep(0.1)
+        while spec.nodes:
+            async with server.session.get(server.base + "nodes") as r:
+                if r.status == 200 and len((await r.json())["nodes"]) >= spec.nodes:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{spec.name}: nodes {r.status} {await r.text()}")
             await asyncio.sleep(0.1)
         if spec.scrape:
             scraper = asyncio.get_running_loop().create_task(_scrape(server, spec.scrape))

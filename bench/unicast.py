@@ -7,13 +7,15 @@ RATE pushes/s (and at half its own full rate when that is lower) for the push ->
 client latency (p50 / p99; sender and receivers share this process's clock: the
 payload carries the send time).
 
-Modes: ``grpc`` (im: unary ``im.v1.Im/PushUser``), ``http`` (``POST push_user``,
+Modes: ``grpc`` (im: unary ``im.v1.Im/PushUser`` over ``--channels`` channels,
+each its own TCP connection, calls round-robin over them), ``http`` (``POST push_user``,
 CONCURRENCY keep-alive connections; im's ``/api/v1/push_user`` and the same route
 on each peer), and for im only ``grpc-stream`` (``PushStream``, batches of BATCH)
 and ``http-stream`` (``POST /api/v1/push_stream``, one NDJSON body).
 
     python -m bench unicast --runs 3                 # im gRPC + HTTP, peers HTTP
     python -m bench unicast --servers im --modes grpc,http,grpc-stream,http-stream
+    python -m bench unicast --servers im-w1,im-w2 --channels 8   # workers share the calls
 """
 
 from __future__ import annotations
@@ -51,6 +53,30 @@ PEER_MODES = ("http",)
 FLAGS = ("ack", "store")
 CODEC = JsonCodec()
 Send = Callable[[int], Awaitable[None]]
+
+
+class Channels:
+    """``count`` gRPC channels to one target, each its own TCP connection (a local
+    subchannel pool: by default grpc shares one connection among channels with the
+    same arguments), so that ``SO_REUSEPORT`` spreads them over the workers. Unary
+    calls go round-robin over them; a stream uses the first."""
+
+    def __init__(self, target: str, count: int) -> None:
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        self.channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(count)]
+        self.stubs = [im_v1_pb2_grpc.ImStub(c) for c in self.channels]
+        self.next = 0
+
+    def PushUser(self, request: pb.PushUserRequest) -> Any:
+        self.next = (self.next + 1) % len(self.stubs)
+        return self.stubs[self.next].PushUser(request)
+
+    def PushStream(self, requests: Any) -> Any:
+        return self.stubs[0].PushStream(requests)
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
 
 
 def stamp() -> bytes:
@@ -327,25 +353,26 @@ async def run_mode(
     n: int,
     rate: float | None,
     flags: Mapping[str, bool] | None = None,
+    channels: int = 1,
 ) -> dict[str, float]:
     """Push ``n`` (after WARMUP untimed) in ``mode`` with ``flags``; rate, latency,
     who was busy and the server's CPU per push."""
     flags = dict(flags or {})
     pool = HttpPool(server.base, CONCURRENCY)
-    async with grpc.aio.insecure_channel(f"{HOST}:{server.rpc_port}") as channel:
-        stub = im_v1_pb2_grpc.ImStub(channel)
-        try:
-            for count in (WARMUP, n):
-                tally = Tally()
-                send = make_sender(mode, server, rx.users, rate, stub, pool, flags, tally)
-                rx.expect(count)
-                cpu0, t0, own0 = server.cpu_seconds(), time.perf_counter(), time.process_time()
-                await send(count)
-                await asyncio.wait_for(rx.done.wait(), 60)
-                elapsed = time.perf_counter() - t0
-                check(tally, count, flags)
-        finally:
-            pool.close()
+    stub = Channels(f"{HOST}:{server.rpc_port}", channels)
+    try:
+        for count in (WARMUP, n):
+            tally = Tally()
+            send = make_sender(mode, server, rx.users, rate, stub, pool, flags, tally)
+            rx.expect(count)
+            cpu0, t0, own0 = server.cpu_seconds(), time.perf_counter(), time.process_time()
+            await send(count)
+            await asyncio.wait_for(rx.done.wait(), 60)
+            elapsed = time.perf_counter() - t0
+            check(tally, count, flags)
+    finally:
+        pool.close()
+        await stub.close()
     cpu = server.cpu_seconds() - cpu0
     lat = sorted(rx.latencies)
     return {
@@ -366,11 +393,12 @@ async def measure_mode(
     n: int,
     rate: float,
     flags: Mapping[str, bool] | None = None,
+    channels: int = 1,
 ) -> dict[str, float]:
     """One mode's row: full rate, paced at ``rate``, and at half its own rate when
     that is lower (the paced rate is near this mode's limit)."""
-    full = await run_mode(mode, server, rx, n, None, flags)
-    slow = await run_mode(mode, server, rx, int(rate * PACED_SECONDS), rate, flags)
+    full = await run_mode(mode, server, rx, n, None, flags, channels)
+    slow = await run_mode(mode, server, rx, int(rate * PACED_SECONDS), rate, flags, channels)
     row = {
         "per_s": full["per_s"],
         "full_p99_ms": full["p99_ms"],
@@ -382,7 +410,7 @@ async def measure_mode(
     }
     half = round(full["per_s"] / 2, -2)
     if half < rate:
-        slow = await run_mode(mode, server, rx, int(half * PACED_SECONDS), half, flags)
+        slow = await run_mode(mode, server, rx, int(half * PACED_SECONDS), half, flags, channels)
         row["half_rate"] = half
         row["half_p50_ms"] = slow["p50_ms"]
         row["half_p99_ms"] = slow["p99_ms"]
@@ -397,6 +425,7 @@ async def unicast_session(
     rate: float = RATE,
     extra_args: Sequence[str] = (),
     flags: Mapping[str, bool] | None = None,
+    channels: int = 1,
 ) -> dict[str, Any]:
     result: dict[str, Any] = {"server": spec.name, "n": users, "rate": rate}
     if not spec.im:  # the peers know neither im's flags nor its options
@@ -407,7 +436,7 @@ async def unicast_session(
         try:
             await server.wait_count(users)
             for mode in modes:
-                row = await measure_mode(mode, server, rx, n, rate, flags)
+                row = await measure_mode(mode, server, rx, n, rate, flags, channels)
                 result.update({f"uni_{mode}_{k}": v for k, v in row.items()})
         finally:
             await rx.close()

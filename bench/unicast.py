@@ -394,26 +394,37 @@ async def measure_mode(
     rate: float,
     flags: Mapping[str, bool] | None = None,
     channels: int = 1,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """One mode's row: full rate, paced at ``rate``, and at half its own rate when
     that is lower (the paced rate is near this mode's limit)."""
     full = await run_mode(mode, server, rx, n, None, flags, channels)
-    slow = await run_mode(mode, server, rx, int(rate * PACED_SECONDS), rate, flags, channels)
-    row = {
+    row: dict[str, Any] = {
         "per_s": full["per_s"],
         "full_p99_ms": full["p99_ms"],
         "server_busy": full["server_busy"],
         "loadgen_busy": full["loadgen_busy"],
         "server_us": full["server_us"],
-        "p50_ms": slow["p50_ms"],
-        "p99_ms": slow["p99_ms"],
     }
     half = round(full["per_s"] / 2, -2)
+    # A paced phase above what the server sustains can end in unary calls failing
+    # (CANCELLED, see docs/performance.md "Not done yet"): recorded, and the full-rate
+    # figures above are kept.
+    try:
+        slow = await run_mode(mode, server, rx, int(rate * PACED_SECONDS), rate, flags, channels)
+        row["p50_ms"], row["p99_ms"] = slow["p50_ms"], slow["p99_ms"]
+    except Exception as exc:
+        row["paced_error"] = f"{type(exc).__name__} at {rate:.0f}/s"
+        await asyncio.sleep(1.0)  # let the calls still queued drain
     if half < rate:
-        slow = await run_mode(mode, server, rx, int(half * PACED_SECONDS), half, flags, channels)
         row["half_rate"] = half
-        row["half_p50_ms"] = slow["p50_ms"]
-        row["half_p99_ms"] = slow["p99_ms"]
+        try:
+            slow = await run_mode(
+                mode, server, rx, int(half * PACED_SECONDS), half, flags, channels
+            )
+            row["half_p50_ms"], row["half_p99_ms"] = slow["p50_ms"], slow["p99_ms"]
+        except Exception as exc:
+            row["half_error"] = f"{type(exc).__name__} at {half:.0f}/s"
+            await asyncio.sleep(1.0)
     return row
 
 

@@ -127,6 +127,11 @@ class LocalNode(Protocol):
         """Every connection of the user here, oldest first."""
         ...
 
+    def local_users(self) -> dict[str, list[Presence]]:
+        """Every user's connections here, oldest first (built on each call: for a
+        re-registration after an outage, not for a hot path)."""
+        ...
+
     def local_distribution(self) -> dict[str, TagStat]: ...
 
     def kick_local(self, user_id: str, code: int, reason: str, conn_id: str | None) -> bool:

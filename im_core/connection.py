@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import CloseCode
@@ -53,6 +54,11 @@ class Format:
         return f"Format({self.codec.name}, {kind}, {self.framing.name})"
 
 
+#: The tags of a connection that has none: shared, so an untagged connection holds
+#: no set of its own (``TagIndex.add`` gives it one).
+NO_TAGS: frozenset[str] = frozenset()
+
+
 class Connection:
     __slots__ = (
         "__weakref__",
@@ -85,7 +91,7 @@ class Connection:
         *,
         conn_id: str,
         user_id: str,
-        tags: set[str],
+        tags: AbstractSet[str],
         meta: dict[str, Any],
         fmt: Format,
         transport: Writer,
@@ -116,7 +122,8 @@ class Connection:
         self._closer = closer
         self._outbox = outbox
         self._on_close = on_close
-        self._pending: list[bytes] = []
+        # () until a frame is queued: an idle connection holds no list of its own
+        self._pending: list[bytes] | tuple[()] = ()
         # While set up (``hold``), frames queue but are not written: what the user
         # missed goes out first (``release``).
         self.holding = False
@@ -148,9 +155,12 @@ class Connection:
         ):
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
             return False
-        if not pending and not self.holding:
+        if pending:
+            pending.append(frame)
+            return True
+        self._pending = [frame]
+        if not self.holding:
             self._outbox.mark(self)
-        pending.append(frame)
         return True
 
     def resend(self, entry: Unacked) -> bool:
@@ -169,7 +179,7 @@ class Connection:
         if first:
             if not self._pending:
                 self._buffered = self._transport.get_write_buffer_size()
-            self._pending[:0] = first
+            self._pending = [*first, *self._pending]
         if self._pending:
             self._outbox.mark(self)
 
@@ -188,7 +198,7 @@ class Connection:
         pending = self._pending
         if not pending or self.closed:
             return 0
-        self._pending = []
+        self._pending = ()
         if not self._buffered:
             self._stuck = 0
         transport = self._transport
@@ -228,7 +238,7 @@ class Connection:
         self.closed = True
         self.close_code = int(code)
         self.close_reason = reason
-        self._pending = []
+        self._pending = ()
         received = None
         try:
             received = self._closer(int(code), reason)

@@ -20,7 +20,7 @@ import attrs
 from .ack import Unacked
 from .broker import Kept, Presence
 from .codec import BadFrame
-from .connection import Closer, Connection, Format, Writer
+from .connection import NO_TAGS, Closer, Connection, Format, Writer
 from .errors import CloseCode, InvalidArgument
 from .events import close_class, events
 from .identity import ConnectRequest, Identity, Reject
@@ -58,6 +58,7 @@ class Connections:
         self._server = server
         self._formats: dict[tuple[str, bool, Framing], Format] = {}
         self._ids = itertools.count(1)
+        self._on_close = self._detach  # one bound method for every connection
 
     async def authenticate(self, request: ConnectRequest) -> Identity:
         """Run the validate hook; raise ``Rejected`` unless it returns an Identity."""
@@ -125,13 +126,13 @@ class Connections:
         conn = Connection(
             conn_id=f"{server.node_id}-{next(self._ids)}",
             user_id=identity.user_id,
-            tags=set(),
+            tags=NO_TAGS,
             meta=dict(identity.meta),
             fmt=fmt,
             transport=transport,
             closer=closer,
             outbox=server.outbox,
-            on_close=self._detach,
+            on_close=self._on_close,
             now=server.loop.time(),
             limit_frames=opts.client_buffer,
             limit_bytes=opts.client_buffer_bytes,

@@ -123,6 +123,13 @@ class Node:
         server = self._server
         return [presence_of(c, server.node_id) for c in server.buckets.of(user_id)]
 
+    def local_users(self) -> dict[str, list[Presence]]:
+        node_id = self._server.node_id
+        users: dict[str, list[Presence]] = {}
+        for conn in self._server.buckets:  # in connect order: oldest first per user
+            users.setdefault(conn.user_id, []).append(presence_of(conn, node_id))
+        return users
+
     def local_distribution(self) -> dict[str, TagStat]:
         server = self._server
         return server.tags.distribution()

@@ -34,14 +34,19 @@ class TagIndex:
             if group is None:
                 group = self.groups[tag] = TagGroup(now)
             group.members.add(conn)
-            conn.tags.add(tag)
+            mine = conn.tags
+            if not isinstance(mine, set):  # the shared empty NO_TAGS: its own set now
+                mine = conn.tags = set()
+            mine.add(tag)
 
     def remove(self, conn: Connection, tags: Iterable[str]) -> None:
         for tag in list(tags):
             group = self.groups.get(tag)
             if group is not None:
                 group.members.discard(conn)
-            conn.tags.discard(tag)
+            mine = conn.tags
+            if isinstance(mine, set):
+                mine.discard(tag)
 
     def leave_all(self, conn: Connection) -> None:
         for tag in conn.tags:

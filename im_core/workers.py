@@ -125,6 +125,10 @@ class EmbeddedNats:
                 str(config),
                 stdout=subprocess.DEVNULL,
                 stderr=errors,
+                # Presence is one in-memory KV entry per user: a heap collected at 50 %
+                # growth, not Go's default 100 %, holds it in ~0.55 KB, not ~0.7 KB
+                # (docs/performance.md, "C100k"). A GOGC set by the operator wins.
+                env={**os.environ, "GOGC": os.environ.get("GOGC", "50")},
                 start_new_session=True,  # a terminal's Ctrl-C must not stop it before the drain
                 preexec_fn=_die_with_parent,
             )

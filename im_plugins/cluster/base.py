@@ -102,9 +102,6 @@ class ClusterBroker(Broker):
         self.health = Health(self.name, self.timeout, self.errors)
         self.peer = Peer(self)
         self.outcomes = OutcomeSender(self)
-        # This node's connections by user as registered in the cluster: re-registered
-        # after an outage.
-        self.local: dict[str, list[Presence]] = {}
         # Users whose connection being set up is not their only one: it is owed
         # nothing (the user's kept entries went to their first device).
         self._sharing: set[str] = set()
@@ -182,8 +179,9 @@ class ClusterBroker(Broker):
 
     @abc.abstractmethod
     async def _reregister(self) -> None:
-        """Write every entry of ``self.local`` again (after an outage): an entry of
-        another node newer than ours takes its place, and ours is closed."""
+        """Write this node's connections (``node.local_users()``) again after an
+        outage: an entry of another node newer than ours takes its place, and ours
+        is closed."""
 
     @abc.abstractmethod
     async def _publish_state(self) -> None:
@@ -461,17 +459,8 @@ class ClusterBroker(Broker):
 
     # --- Broker API ------------------------------------------------------------------
 
-    def _mirror(self, user: str) -> None:
-        """Record the user's connections here as they are now (``self.local``)."""
-        devices = self.node.local_devices(user)
-        if devices:
-            self.local[user] = devices
-        else:
-            self.local.pop(user, None)
-
     async def connected(self, presence: Presence) -> None:
         user, device = presence.user_id, presence.device
-        self._mirror(user)
         try:
             async with self.health.guard("register"):
                 replaced, holders, alone = await self._register(presence)
@@ -517,7 +506,6 @@ class ClusterBroker(Broker):
 
     async def disconnected(self, presence: Presence) -> None:
         user, now = presence.user_id, time.time()
-        self._mirror(user)
         self._changed()
         try:
             async with self.health.guard("unregister"):
@@ -620,13 +608,12 @@ class ClusterBroker(Broker):
 
     async def retagged(self, user: str) -> None:
         """The user's tags changed here: update the registration and publish state."""
-        self._mirror(user)
         try:
             async with self.health.guard("retag"):
-                for current in self.local.get(user, ()):
+                for current in self.node.local_devices(user):
                     await self._update(current)
         except Unavailable:
-            self._resync = True  # re-registered from self.local when the broker is back
+            self._resync = True  # re-registered from the buckets when the broker is back
         self._changed()
         with contextlib.suppress(Unavailable):
             # Published before answering so a tag push right after the retag routes here.

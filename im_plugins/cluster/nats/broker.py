@@ -483,7 +483,8 @@ class NatsBroker(ClusterBroker):
         async with self.health.guard("re-register"):
             self._check()
             await self._ensure_buckets()
-            for user, devices in list(self.local.items()):
+            local = self.node.local_users()
+            for user, devices in local.items():
                 ours = [self._value(p) for p in devices]
 
                 async def merge(
@@ -494,7 +495,7 @@ class NatsBroker(ClusterBroker):
                     return merged[-self.per_user :]
 
                 await self._rewrite(user, merge)
-        log.info("nats broker: re-registered %d users", len(self.local))
+        log.info("nats broker: re-registered %d users", len(local))
 
     async def _publish_state(self) -> None:
         async with self.health.guard("publish state"):

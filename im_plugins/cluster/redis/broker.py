@@ -335,7 +335,7 @@ class RedisBroker(ClusterBroker):
             await self._script(self.s["PURGE"], "*")  # forget nodes whose lease expired
 
     async def _reregister(self) -> None:
-        entries = [p for devices in self.local.values() for p in devices]
+        entries = [p for devices in self.node.local_users().values() for p in devices]
         self._registered_tags = set()
         lost: list[bytes] = []
         async with self.health.guard("re-register"):

@@ -14,6 +14,7 @@ python -m bench abuse --server-args "--idle-timeout 5 --header-timeout 5"
 python -m bench soak                     # mixed delivery soak, two load cycles
 python -m bench calls --delays 0,1,5,20  # 100 awaited Broadcast calls, --write-delay
 python -m bench behind --base ../im-old  # unicast p99 while broadcasts to 10k happen
+python -m bench c100k --connections 100000 --workers 6 --runs 1   # C100k over workers
 python -m bench plot bench/results/all-*.json   # PNG for docs/
 """
 
@@ -32,7 +33,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from . import abuse, behind, calls, delivery, soak
+from . import abuse, behind, c100k, calls, delivery, soak
 from .acks import ACK_SERVERS, ack_session
 from .scenarios import session
 from .servers import IM, LOADGEN_CPU, ROOT, SPECS
@@ -222,7 +223,7 @@ async def run(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    own = ["abuse", "soak", "delivery", "calls", "behind", "plot"]  # scenarios with a main
+    own = ["abuse", "soak", "delivery", "calls", "behind", "c100k", "plot"]  # scenarios with a main
     parser.add_argument("scenario", choices=[*SCENARIOS, *own])
     parser.add_argument("files", nargs="*", help="plot: result JSON files")
     parser.add_argument("--servers", default="im,aiohttp,socketio")
@@ -244,6 +245,7 @@ def main() -> int:
     delivery.add_arguments(parser)
     calls.add_arguments(parser)
     behind.add_arguments(parser)
+    c100k.add_arguments(parser)
     args = parser.parse_args()
     if args.scenario == "plot":
         from .plot import plot
@@ -258,6 +260,8 @@ def main() -> int:
         return soak.main(args, RESULTS, versions())
     if args.scenario == "behind":
         return behind.main(args, RESULTS, versions())
+    if args.scenario == "c100k":
+        return c100k.main(args, RESULTS, versions())
     if args.scenario == "calls":
         return calls.main(args, RESULTS, versions())
     if args.scenario == "delivery":

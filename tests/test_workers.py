@@ -255,3 +255,57 @@ async def test_a_worker_that_is_misconfigured_stops_everything_with_status_2() -
     assert "exited with status 2 (misconfiguration): stopping" in out
     assert "restarting" not in out
 
+
+
+@pytest.mark.parametrize("broker", ["redis", "nats"])
+async def test_workers_join_an_external_broker_with_other_machines(broker: str) -> None:
+    """``--workers 2 --broker redis|nats``: no embedded NATS; the two workers and a
+    node started on its own (another machine's, here on other ports) are one cluster."""
+    prefix = f"wk{os.getpid()}x{broker}"
+    sup = await start(
+        "--workers", "2", "--http-port", "0", "--rpc-port", "0",
+        "--broker", broker, "--broker-prefix", prefix, "--drain-timeout", "1",
+    )  # fmt: skip
+    other = await start(
+        "--http-port", "0", "--rpc-port", "0",
+        "--broker", broker, "--broker-prefix", prefix, "--log-level", "INFO",
+    )  # fmt: skip
+    clients: list[Client] = []
+    try:
+        http_port = int((await sup.wait_for(r"sharing .*http_port :(\d+)"))[1])
+        await sup.wait_for(r"worker 1 started")
+        base, ws = f"http://127.0.0.1:{http_port}", f"ws://127.0.0.1:{http_port}"
+        other_port = int((await other.wait_for(r"serving \(grpc :\d+, http :(\d+)\)"))[1])
+        other_base = f"http://127.0.0.1:{other_port}"
+
+        async def three_nodes() -> None:
+            nodes = (await fresh_get(base, "/api/v1/nodes"))["nodes"]
+            assert len(nodes) == 3, nodes
+
+        await eventually(three_nodes, 20)
+        assert not any("embedded NATS" in line for line in sup.lines)
+        users = ["o0", "o1", "o2"]
+        clients = [await connect(f"ws://127.0.0.1:{other_port}", u) for u in users]
+        landed = {u: await eventually(lambda u=u: node_of(base, u)) for u in users}
+        for i in range(60):  # until the kernel has handed connections to both workers
+            users.append(f"w{i}")
+            clients.append(await connect(ws, users[-1]))
+            landed[users[-1]] = await eventually(lambda: node_of(base, users[-1]))
+            if len(set(landed.values())) == 3 and i >= 7:
+                break
+        assert len(set(landed.values())) == 3  # both workers and the other node
+        for entry, text in ((base, b"via the workers"), (other_base, b"via the other")):
+            async with aiohttp.ClientSession() as session:
+                reply = await HttpApi(session, entry).call("PushUsers", users=users, data=text)
+            assert reply.get("missing", []) == []
+            for client in clients:
+                assert (await client.receive(5)).data == text
+        assert (await fresh_get(other_base, "/api/v1/stats"))["online"] == len(users)
+    finally:
+        for client in clients:
+            await client.close()
+        for proc in (sup, other):
+            if proc.proc.returncode is None:
+                proc.proc.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(proc.proc.wait(), 20)
+            proc._reader.cancel()

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import orjson
@@ -107,17 +107,19 @@ class EmbeddedNats:
         return f"nats://{self.token}@127.0.0.1:{self.port}"
 
     async def start(self) -> None:
+        """Start it on any free port (``self.port`` once it has one: a restart keeps
+        the address the workers reconnect to)."""
         config = self.dir / "nats.conf"
         # The token lives in this file (mode 0600), not on a command line others can read.
         config.touch(mode=0o600)
         config.write_text(
             "host: 127.0.0.1\n"
-            "port: -1\n"  # any free port; read back from the ports file
+            f"port: {self.port or -1}\n"  # -1: any free port, read back from the ports file
             f"ports_file_dir: {orjson.dumps(str(self.dir)).decode()}\n"
             f"jetstream {{ store_dir: {orjson.dumps(str(self.dir / 'js')).decode()} }}\n"
             f"authorization {{ token: {orjson.dumps(self.token).decode()} }}\n"
         )
-        errors = (self.dir / "nats.log").open("wb")
+        errors = (self.dir / "nats.log").open("ab")
         with errors:
             self.proc = await asyncio.create_subprocess_exec(
                 self.binary,
@@ -147,6 +149,38 @@ class EmbeddedNats:
         log.info(
             "embedded NATS (%s, pid %d) on 127.0.0.1:%d", self.binary, self.proc.pid, self.port
         )
+
+    async def keep(self, stopping: asyncio.Event, fail: Callable[[int], None]) -> None:
+        """Restart it whenever it dies before ``stopping``, on the same port and store:
+        the workers' clients reconnect on their own and register their users again
+        (the broker's outage path, docs/cluster.md). Backoff and giving up as for
+        workers; giving up stops everything with status 1."""
+        loop = asyncio.get_running_loop()
+        quick, started = 0, loop.time()
+        while self.proc is not None:
+            status = await self.proc.wait()
+            if stopping.is_set():
+                return
+            quick = quick + 1 if loop.time() - started < STABLE else 0
+            if quick >= MAX_QUICK_DEATHS:
+                log.error("embedded NATS died %d times in a row: giving up", quick)
+                fail(1)
+                return
+            delay = 0.0 if quick == 0 else min(FIRST_BACKOFF * 2 ** (quick - 1), MAX_BACKOFF)
+            log.warning(
+                "embedded NATS (pid %d) exited with %s: restarting on :%d in %.1fs",
+                self.proc.pid, describe(status), self.port, delay,
+                extra={"im": {"event": "nats_exited", "pid": self.proc.pid, "status": status}},
+            )  # fmt: skip
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), delay)
+            if stopping.is_set():
+                return
+            started = loop.time()
+            try:
+                await self.start()
+            except SupervisorError as exc:
+                log.error("%s", exc)  # counted as a quick death on the next round
 
     async def stop(self) -> None:
         proc = self.proc
@@ -188,7 +222,7 @@ class Supervisor:
             log.info("%s: stopping %d workers (each drains)", sig.name, len(self.procs))
             self.stopping.set()
 
-    def _fail(self, status: int) -> None:
+    def fail(self, status: int) -> None:
         if not self.stopping.is_set():
             self.status = status
             self.stopping.set()
@@ -234,7 +268,7 @@ class Supervisor:
                     "worker %d (pid %d) exited with status 2 (misconfiguration): stopping",
                     index, proc.pid, extra={"im": event},
                 )
-                self._fail(2)
+                self.fail(2)
                 return
             quick = quick + 1 if loop.time() - started < STABLE else 0
             if quick >= MAX_QUICK_DEATHS:
@@ -242,7 +276,7 @@ class Supervisor:
                     "worker %d died %d times in a row within %.0fs of its start: giving up",
                     index, quick, STABLE, extra={"im": event},
                 )
-                self._fail(1)
+                self.fail(1)
                 return
             delay = 0.0 if quick == 0 else min(FIRST_BACKOFF * 2 ** (quick - 1), MAX_BACKOFF)
             log.warning(
@@ -280,6 +314,7 @@ async def supervise(
     flags = ["--workers", "0", "--reuse-port", "true"]
     env = dict(os.environ)
     nats: EmbeddedNats | None = None
+    keeper: asyncio.Task[None] | None = None
     try:
         for name, (host, port) in ports.items():
             sock = reserve(host, port)
@@ -296,11 +331,18 @@ async def supervise(
             os.getpid(), count, shared or "no port",
             extra={"im": {"event": "workers", "workers": count, "pid": os.getpid()}},
         )
-        return await Supervisor(count, [*argv, *flags], env, drain).run()
+        supervisor = Supervisor(count, [*argv, *flags], env, drain)
+        if nats is not None:
+            keeper = asyncio.create_task(nats.keep(supervisor.stopping, supervisor.fail))
+        return await supervisor.run()
     except SupervisorError as exc:
         log.error("%s", exc)
         return 1
     finally:
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
         if nats is not None:
             await nats.stop()
         for sock in held:

@@ -309,3 +309,42 @@ async def test_workers_join_an_external_broker_with_other_machines(broker: str) 
                 proc.proc.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(proc.proc.wait(), 20)
             proc._reader.cancel()
+
+
+async def test_a_killed_embedded_nats_is_restarted_and_the_cluster_recovers(
+    workers: Supervised,
+) -> None:
+    """The supervisor watches its NATS: killed, it comes back on the same port; the
+    workers reconnect and register their users again, and pushes cross workers."""
+    sup = workers
+    http_port = int((await sup.wait_for(r"sharing .*http_port :(\d+)"))[1])
+    base, ws = f"http://127.0.0.1:{http_port}", f"ws://127.0.0.1:{http_port}"
+    embedded = await sup.wait_for(r"embedded NATS \(.*, pid (\d+)\) on 127\.0\.0\.1:(\d+)")
+    await sup.wait_for(r"worker 1 started")
+
+    async def both_workers() -> None:
+        assert len((await fresh_get(base, "/api/v1/nodes"))["nodes"]) == 2
+
+    await eventually(both_workers, 20)
+    users = USERS[:20]
+    clients = {user: await connect(ws, user) for user in users}
+    landed = {user: await eventually(lambda u=user: node_of(base, u)) for user in users}
+    assert len(set(landed.values())) == 2
+
+    mark = len(sup.lines)
+    os.kill(int(embedded[1]), signal.SIGKILL)
+    await sup.wait_for(r"embedded NATS \(pid \d+\) exited with signal SIGKILL: restarting", mark)
+    again = await sup.wait_for(r"embedded NATS \(.*, pid (\d+)\) on 127\.0\.0\.1:(\d+)", mark)
+    assert again[2] == embedded[2] and again[1] != embedded[1]
+
+    async def recovered() -> None:
+        await both_workers()
+        assert (await fresh_get(base, "/api/v1/stats"))["online"] == len(users)
+        async with aiohttp.ClientSession() as session:
+            reply = await HttpApi(session, base).call("PushUsers", users=users, data=b"back")
+        assert reply.get("missing", []) == [], reply
+
+    await eventually(recovered, 30)
+    for user in users:  # every user still connected, on either worker, gets it
+        assert (await clients[user].receive(5)).data == b"back"
+        await clients[user].close()

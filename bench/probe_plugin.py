@@ -7,6 +7,12 @@ call: F = the outbox flush began (its first slice) (a frame queued on every conn
 socket writes done, plus C = connections written. After each such flush it
 overwrites the file with one line ``W F C``. Only flushes after a ``broadcast``
 call are timed: unicast flushes (one socket each) must not pay for the file write.
+
+With ``BENCH_PROBE_DIR`` instead (``im-run --workers``: a broadcast reaches the other
+workers through the broker, not through their ``broadcast``), every worker times
+each flush round of at least ``LARGE`` connections and overwrites ``DIR/<pid>`` with
+``E C``: E = ``time.perf_counter()`` when its socket writes were done (the machine's
+monotonic clock, comparable with the harness's own), C = connections written.
 """
 
 from __future__ import annotations
@@ -21,8 +27,12 @@ from im_core.connection import Outbox
 if TYPE_CHECKING:
     from im_core.server import Queued, Server
 
+#: connections a flush round must have to be timed in ``BENCH_PROBE_DIR`` mode
+LARGE = 64
+
 _queued_at = [0.0]
 _fd = [-1]
+_dir_fd = [-1]
 _armed = [False]  # a broadcast was called: time the next flush of several sockets
 _began = [0.0, 0.0]  # the timed flush: when it began, connections it had
 
@@ -33,6 +43,9 @@ class _TimedOutbox(Outbox):
     __slots__ = ()
 
     def flush(self) -> None:
+        if _dir_fd[0] >= 0:
+            self._flush_large()
+            return
         if not _armed[0]:
             super().flush()
             return
@@ -45,6 +58,21 @@ class _TimedOutbox(Outbox):
             self._loop.call_soon(_stamp, start, int(n))
 
 
+    def _flush_large(self) -> None:
+        if not self._at:
+            n = len(self._dirty)
+            _began[:] = [time.perf_counter(), n if n >= LARGE else 0]
+        super().flush()
+        n = int(_began[1])
+        if n and not self._at:
+            _began[1] = 0
+            self._loop.call_soon(_stamp_end, n)
+
+
+def _stamp_end(n: int) -> None:
+    os.pwrite(_dir_fd[0], f"{time.perf_counter():.6f} {n}\n".ljust(48).encode(), 0)
+
+
 def _stamp(start: float, n: int) -> None:
     fanout = (start - _queued_at[0]) * 1000
     written = (time.perf_counter() - _queued_at[0]) * 1000
@@ -53,7 +81,13 @@ def _stamp(start: float, n: int) -> None:
 
 @hookimpl
 def im_startup(server: Server) -> None:
-    path = os.environ.get("BENCH_PROBE_FILE")
+    folder = os.environ.get("BENCH_PROBE_DIR")
+    if folder:
+        path = os.path.join(folder, str(os.getpid()))
+        _dir_fd[0] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        server.outbox.__class__ = _TimedOutbox
+        return
+    path = os.environ.get("BENCH_PROBE_FILE", "")
     if not path:
         return
     _fd[0] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

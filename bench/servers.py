@@ -64,6 +64,9 @@ class Spec:
     pinned: bool = True
     #: ``bench.probe_plugin`` loaded: one process stamps its broadcasts' flushes
     probe: bool = False
+    #: ``bench.probe_plugin`` in ``BENCH_PROBE_DIR`` mode: every worker stamps when
+    #: its share of a broadcast is written (``Running.probe_ends``)
+    probe_dir: bool = False
     #: the ``stats`` field that counts connected clients (all workers': "online_connections")
     count_field: str = "connections"
     #: nodes (workers) to wait for in ``GET nodes`` before clients connect: with one
@@ -111,9 +114,10 @@ IM_METRICS = dataclasses.replace(
 
 
 def _workers(count: int) -> Spec:
-    """``im-run --workers count`` over its embedded NATS, unpinned. No probe plugin:
-    its in-process stamp cannot span workers, so latency is the load generator's
-    trigger -> last client only. Clients are counted over all workers (the broker's
+    """``im-run --workers count`` over its embedded NATS, unpinned. The probe plugin
+    runs in its per-worker mode: each worker stamps when its share of a broadcast is
+    written, so the server's part of a broadcast is trigger -> the last worker's
+    stamp. Clients are counted over all workers (the broker's
     ``online_connections``): ``stats`` is answered by whichever worker gets it."""
     return dataclasses.replace(
         IM,
@@ -121,10 +125,11 @@ def _workers(count: int) -> Spec:
         argv=lambda port, rpc: _py(
             *("-m", "im_core.cli", "--host", HOST, "--http-port", str(port)),
             *("--rpc-port", str(rpc), "--heartbeat-interval", "3600", "--log-level", "WARNING"),
-            *("--workers", str(count)),
+            *("--workers", str(count), "--plugin", "bench.probe_plugin"),
         ),
         pinned=False,
         probe=False,
+        probe_dir=True,
         count_field="online_connections",
         nodes=count,
     )
@@ -246,13 +251,27 @@ class Running:
         self.base = f"http://{HOST}:{port}{spec.api}/"
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600))
         self.probe: Path | None = None
+        self.probe_dir: Path | None = None
         self.scrapes = 0
+        #: ``time.perf_counter()`` when the last broadcast was triggered
+        self.triggered = 0.0
 
     def probe_reading(self) -> tuple[float, float]:
         """im's last broadcast: ms to all socket writes done, ms to fan-out (probe)."""
         assert self.probe is not None
         written, fanout, _ = self.probe.read_text().split()
         return float(written), float(fanout)
+
+    def probe_ends(self) -> list[tuple[float, int]]:
+        """Per worker (``probe_dir``): when its last large flush round was written
+        (``time.perf_counter()``, comparable across processes) and its connections."""
+        assert self.probe_dir is not None
+        ends = []
+        for path in self.probe_dir.iterdir():
+            text = path.read_text().split()
+            if text:
+                ends.append((float(text[0]), int(text[1])))
+        return ends
 
     @property
     def pid(self) -> int:
@@ -320,6 +339,9 @@ async def running(
     env = {**os.environ, "PYTHONPATH": str(spec.root), **spec.env}
     probe = Path(tempfile.gettempdir()) / f"im-bench-probe-{port}"
     env["BENCH_PROBE_FILE"] = str(probe)
+    probe_dir = Path(tempfile.mkdtemp(prefix="im-bench-probe-")) if spec.probe_dir else None
+    if probe_dir is not None:
+        env["BENCH_PROBE_DIR"] = str(probe_dir)
     pin = ["taskset", "-c", str(cpu)] if spec.pinned else []
     proc = subprocess.Popen(  # noqa: ASYNC220 - started once per session, before timing
         [*pin, *spec.argv(port, rpc_port), *extra_args],
@@ -329,7 +351,7 @@ async def running(
     spy: subprocess.Popen[bytes] | None = None
     scraper: asyncio.Task[None] | None = None
     server = Running(spec, port, rpc_port, proc)
-    server.probe = probe
+    server.probe, server.probe_dir = probe, probe_dir
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -376,6 +398,8 @@ async def running(
             spy.wait(30)
         await server.session.close()
         probe.unlink(missing_ok=True)
+        if probe_dir is not None:
+            shutil.rmtree(probe_dir, ignore_errors=True)
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:

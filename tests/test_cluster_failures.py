@@ -176,3 +176,76 @@ async def test_a_disconnect_during_an_outage_still_records_when_the_user_left(
     again = await connect(a, "ann", tags=["news"])
     got = await again.receive()
     assert (got.sid, got.data) == (sid, b"while away")
+
+
+async def test_users_who_leave_while_the_broker_stalls_are_not_left_online(
+    broker: str, own_broker: BrokerProcess, make_server: MakeServer, connect: Connect
+) -> None:
+    """A disconnect whose presence write times out (the broker stalled, not lost
+    its data) removes the user's entry once the broker answers again: re-registering
+    only the users still here would leave the others "online" for good."""
+    opts = broker_options(broker, new_prefix(), own_broker.url, broker_timeout=0.5)
+    a = await make_server(broker=broker, plugin=opts)
+    b = await make_server(broker=broker, plugin=opts)
+    ann = await connect(a, "ann")
+    bob = await connect(a, "bob")
+    await eventually(lambda: _count(b, 2))
+    assert own_broker.proc is not None
+    own_broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        await ann.close()
+        await eventually(lambda: not a.broker.healthy(), timeout=5)  # type: ignore[union-attr]
+        await eventually(lambda: a.local.local_count() == 1)
+    finally:
+        own_broker.proc.send_signal(signal.SIGCONT)
+    await eventually(lambda: a.broker.healthy(), timeout=10)  # type: ignore[union-attr]
+
+    async def ann_gone() -> bool:
+        return await b.presence("ann") is None and (await b.presence("bob")) is not None
+
+    await eventually(ann_gone, timeout=10)
+    assert [p.user_id for p in await b.devices("bob")] == ["bob"]
+    assert (await b.push("ann", b"x")).missing == ("ann",)
+    assert (await b.push("bob", b"here")).missing == ()
+    assert (await bob.receive()).data == b"here"
+
+
+async def _raw_clients(server: Server, users: list[str]) -> list[asyncio.StreamWriter]:
+    """Upgraded WebSocket sockets, opened 50 at a time, that never read."""
+    url = http_url(server).split("//", 1)[1].split("/", 1)[0]
+    host, port = url.rsplit(":", 1)
+    writers: list[asyncio.StreamWriter] = []
+
+    async def one(user: str) -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"GET /conn?token={user} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        writers.append(writer)
+
+    for i in range(0, len(users), 50):
+        await asyncio.gather(*(one(u) for u in users[i : i + 50]))
+    return writers
+
+
+async def test_thousands_dropping_at_once_do_not_make_a_broker_outage(
+    broker: str, make_server: MakeServer
+) -> None:
+    """Every socket of a node closing together (a proxy restarting) queues its
+    presence writes instead of racing one broker timeout: no call fails, the broker
+    stays up, and nobody is left online."""
+    opts = broker_options(broker, new_prefix(), broker_timeout=0.5)
+    a = await make_server(broker=broker, plugin=opts)
+    users = [f"m{i}" for i in range(3000)]
+    writers = await _raw_clients(a, users)
+    await eventually(lambda: _count(a, len(users)), timeout=30)
+    for writer in writers:
+        writer.transport.abort()
+    await eventually(lambda: a.local.local_count() == 0)
+    await eventually(lambda: _count(a, 0), timeout=30)
+    trips = a.broker.round_trips()  # type: ignore[union-attr]
+    assert trips["unregister"].errors == 0 and a.broker.healthy()  # type: ignore[union-attr]
+    assert all([await a.presence(u) is None for u in users[::100]])

@@ -66,6 +66,10 @@ FIRST_RETRY, LAST_RETRY = 0.05, 2.0  # backoff of the recovery loop, seconds
 SWEEP_EVERY = 1.0  # seconds between sweeps of expired kept entries
 SWEEP_BATCH = 500  # expired entries claimed per sweep round trip
 MAX_FORGOTTEN = 100_000  # acked/expired entries waiting for the broker to come back
+#: Disconnects writing to the broker at once: when thousands of sockets drop
+#: together (a proxy restarts), the rest queue here rather than all racing one
+#: ``broker_timeout`` and turning a busy broker into an outage.
+LEAVING_IN_FLIGHT = 64
 
 
 def merge_distribution(parts: Iterable[dict[str, TagStat]]) -> dict[str, TagStat]:
@@ -119,6 +123,11 @@ class ClusterBroker(Broker):
         self._forgotten: list[tuple[str, int]] = []
         self._forgetter: asyncio.Task[None] | None = None
         self._unseen: dict[str, float] = {}  # last-seen writes a failed disconnect left
+        # Presence entries a failed disconnect left (by connection id): removed once
+        # the broker answers again. A re-registration only rewrites the connections
+        # still here; without this, users who left meanwhile would stay "online".
+        self._left: dict[str, Presence] = {}
+        self._leaving = asyncio.Semaphore(LEAVING_IN_FLIGHT)
         self._seer: asyncio.Task[None] | None = None
         self.inbox_max_messages = int(options.get("inbox_max_messages") or 100)
         self.inbox_max_bytes = int(options.get("inbox_max_bytes") or 1 << 20)
@@ -361,6 +370,7 @@ class ClusterBroker(Broker):
                 if self._resync:
                     self._resync = False
                     await self._reregister()
+                    await self._unregister_left()
                 await self._publish_state()
             except Unavailable:
                 self._resync = True
@@ -508,7 +518,7 @@ class ClusterBroker(Broker):
         user, now = presence.user_id, time.time()
         self._changed()
         try:
-            async with self.health.guard("unregister"):
+            async with self._leaving, self.health.guard("unregister"):
                 # The marker first: a login elsewhere that no longer sees our presence
                 # entry must see the marker. With several devices, another device of
                 # the user here does not make the marker needless.
@@ -519,8 +529,25 @@ class ClusterBroker(Broker):
                 await self._unregister(presence)
                 await self._saw(user, now)
         except Unavailable:
-            self._resync = True  # the presence entry is rewritten when the broker is back
+            self._resync = True  # the presence entry is removed when the broker is back
+            self._left.pop(presence.conn_id, None)
+            self._left[presence.conn_id] = presence
+            if len(self._left) > MAX_FORGOTTEN:
+                del self._left[next(iter(self._left))]  # the oldest goes
             self._saw_later(user, now)
+
+    async def _unregister_left(self) -> None:
+        """Remove the presence entries of connections that closed while the broker
+        did not answer (each removes only its own connection's entry)."""
+        while self._left:
+            batch = list(self._left.values())[:LEAVING_IN_FLIGHT]
+
+            async def one(presence: Presence) -> None:
+                async with self.health.guard("unregister"):
+                    await self._unregister(presence)
+                self._left.pop(presence.conn_id, None)
+
+            await asyncio.gather(*(one(p) for p in batch))
 
     def _saw_later(self, user: str, at: float) -> None:
         """Write the user's last-seen time when the broker answers again: a lost one

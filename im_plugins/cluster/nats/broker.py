@@ -70,8 +70,11 @@ async def gather_bounded(calls: list[Coroutine[Any, Any, T]], limit: int = 64) -
     gate = asyncio.Semaphore(limit)
 
     async def one(call: Coroutine[Any, Any, T]) -> T:
-        async with gate:
-            return await call
+        try:
+            async with gate:
+                return await call
+        finally:
+            call.close()  # a no-op once awaited; cancelled before that: no warning
 
     return list(await asyncio.gather(*(one(c) for c in calls)))
 

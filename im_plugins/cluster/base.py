@@ -56,6 +56,7 @@ from .health import Health
 from .inbox import Entry, now_ms
 from .outcomes import OutcomeSender
 from .peer import Peer
+from .routes import Routes
 
 log = logging.getLogger("im.cluster")
 
@@ -105,6 +106,7 @@ class ClusterBroker(Broker):
         self.per_user = int(options.get("max_connections_per_user") or 1)
         self.health = Health(self.name, self.timeout, self.errors)
         self.peer = Peer(self)
+        self.routes = Routes(self.ttl)  # user -> node, one connection per user only
         self.outcomes = OutcomeSender(self)
         # Users whose connection being set up is not their only one: it is owed
         # nothing (the user's kept entries went to their first device).
@@ -422,22 +424,71 @@ class ClusterBroker(Broker):
         targets = missing if self.per_user == 1 else list(push.users)
         if not targets:
             return []
-        async with self.health.guard("presence lookup"):
-            where = await self._locate(targets)
+        reached = await self._push_remote(push, targets)
+        return [u for u in missing if u not in reached]
+
+    async def _push_remote(self, push: Push, targets: list[str]) -> set[str]:
+        """Push to ``targets`` on the other nodes that hold them; the users reached.
+        Known routes first (``routes``); a user a route did not reach is looked up
+        and pushed to again, to the node presence names if it is another one."""
         groups: dict[int, dict[str, None]] = {}
-        for user in targets:
+        routed: dict[str, int] = {}
+        unknown = targets
+        if self.per_user == 1:
+            unknown = []
+            for user in targets:
+                at = self.routes.get(user)
+                if at is None:
+                    unknown.append(user)
+                else:
+                    groups.setdefault(at, {})[user] = None
+                    routed[user] = at
+        if unknown:
+            await self._lookup(unknown, groups)
+        reached = await self._push_groups(push, groups)
+        stale = [u for u in routed if u not in reached]
+        if stale:
+            for user in stale:
+                self.routes.forget(user)
+            again: dict[int, dict[str, None]] = {}
+            await self._lookup(stale, again, routed)
+            reached |= await self._push_groups(push, again)
+        return reached
+
+    async def _lookup(
+        self,
+        users: list[str],
+        groups: dict[int, dict[str, None]],
+        asked: Mapping[str, int] | None = None,
+    ) -> None:
+        """Add each of ``users`` to the group of every other node presence names for
+        it, except the node ``asked`` says was asked already; learn those routes."""
+        async with self.health.guard("presence lookup"):
+            where = await self._locate(users)
+        learn = self.per_user == 1
+        for user in users:
             for found in where.get(user, ()):
-                if found.node_id != self.node_id:
-                    groups.setdefault(found.node_id, {})[user] = None
+                at = found.node_id
+                if at != self.node_id and (asked is None or asked.get(user) != at):
+                    groups.setdefault(at, {})[user] = None
+                    if learn:
+                        self.routes.learn(user, at)
+
+    async def _push_groups(self, push: Push, groups: dict[int, dict[str, None]]) -> set[str]:
+        """Send ``push`` to each node for its group of users; the users reached (a
+        user on several nodes counts only when every one of them reached it)."""
         if not groups:
-            return missing
+            return set()
+        if len(groups) == 1:  # the common case: no gather
+            (at, users), = groups.items()
+            return set(users).difference(await self._push_to(at, list(users), push))
         answers = await asyncio.gather(
             *(self._push_to(n, list(u), push) for n, u in groups.items())
         )
         reached = {u for users in groups.values() for u in users}
         for not_reached in answers:
             reached.difference_update(not_reached)
-        return [u for u in missing if u not in reached]
+        return reached
 
     async def _push_to(self, node: int, users: list[str], push: Push) -> Iterable[str]:
         """Push to ``users`` on ``node``; return those it did not reach."""
@@ -471,6 +522,7 @@ class ClusterBroker(Broker):
 
     async def connected(self, presence: Presence) -> None:
         user, device = presence.user_id, presence.device
+        self.routes.forget(user)  # here now
         try:
             async with self.health.guard("register"):
                 replaced, holders, alone = await self._register(presence)

@@ -74,6 +74,8 @@ class Peer:
 
     async def _take(self, origin: int, message: wire.Take) -> wire.Taken:
         node, user = self.broker.node, message.user
+        if self.broker.per_user == 1:  # the user's one login is there now
+            self.broker.routes.learn(user, origin)
         for conn_id in message.replaced:  # close older logins first: then the entries are free
             node.kick_local(user, CloseCode.REPLACED, "replaced by a new login", conn_id)
         entries = node.take_unacked(user, message.device)

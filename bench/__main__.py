@@ -8,6 +8,7 @@ python -m bench memory --servers im,aiohttp
 python -m bench unicast --modes grpc,http,grpc-stream,http-stream
 python -m bench unicast --servers im --push-flags ack --server-args "--broker redis"
 python -m bench scaling --servers im-w1,im-w2,im --n 10000 --m 300 --channels 8
+python -m bench unicast --servers base-w2,im-w2 --base ../im-old   # workers, two trees
 python -m bench ack
 python -m bench delivery --base ../im-old     # store / ack costs and logins per broker
 python -m bench abuse --server-args "--idle-timeout 5 --header-timeout 5"
@@ -36,7 +37,7 @@ from typing import Any
 from . import abuse, behind, c100k, calls, delivery, soak
 from .acks import ACK_SERVERS, ack_session
 from .scenarios import session
-from .servers import IM, LOADGEN_CPU, ROOT, SPECS
+from .servers import IM, IM_W1, IM_W2, LOADGEN_CPU, ROOT, SPECS
 from .unicast import DEFAULT_MODES, RATE, USERS, parse_flags, unicast_session
 
 RESULTS = ROOT / "bench" / "results"
@@ -129,10 +130,15 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def table(summary: dict[str, dict[str, Any]], servers: list[str], ns: list[int]) -> str:
     servers = [s for s in servers if any(v["server"] == s for v in summary.values())]
-    peers = [s for s in servers if s != "im" and not s.startswith("im-w")]
-    # two workers against one, when both ran
-    scaling = all(s in servers for s in ("im-w1", "im-w2"))
-    head = ["N", "measure", *servers, *(f"im/{p}" for p in peers), *(["w2/w1"] * scaling)]
+    peers = [s for s in servers if s != "im" and not s.startswith(("im-w", "base-w"))]
+    # two workers against one, and this tree's workers against the base tree's
+    pairs = [
+        (num, den)
+        for num, den in (("im-w2", "im-w1"), ("im-w1", "base-w1"), ("im-w2", "base-w2"))
+        if num in servers and den in servers
+    ]
+    head = ["N", "measure", *servers, *(f"im/{p}" for p in peers)]
+    head += [f"{num}/{den}".replace("im-w2/im-w1", "w2/w1") for num, den in pairs]
     rows = [head]
     for n in ns:
         for metric, label, fmt, _ in METRICS:
@@ -144,9 +150,9 @@ def table(summary: dict[str, dict[str, Any]], servers: list[str], ns: list[int])
             for p in peers:
                 other = summary.get(f"{p}@{n}", {}).get(PEER_METRIC.get(metric, metric))
                 row.append(f"{im / other:.2f}x" if im and other else "-")
-            if scaling:
-                w1, w2 = (summary.get(f"im-w{k}@{n}", {}).get(metric) for k in (1, 2))
-                row.append(f"{w2 / w1:.2f}x" if w1 and w2 else "-")
+            for num, den in pairs:
+                a, b = (summary.get(f"{s}@{n}", {}).get(metric) for s in (num, den))
+                row.append(f"{a / b:.2f}x" if a and b else "-")
             rows.append(row)
     return "\n".join("| " + " | ".join(r) + " |" for r in [rows[0], ["---"] * len(head), *rows[1:]])
 
@@ -253,7 +259,11 @@ def main() -> int:
         return plot([Path(f) for f in args.files])
     os.sched_setaffinity(0, {LOADGEN_CPU})
     if args.base:  # another tree of im, as the server "base" (delivery has its own)
-        SPECS["base"] = dataclasses.replace(IM, name="base", root=Path(args.base).resolve())
+        root = Path(args.base).resolve()
+        SPECS["base"] = dataclasses.replace(IM, name="base", root=root)
+        for workers in (IM_W1, IM_W2):  # base-w1 / base-w2: its ``--workers`` forms
+            name = "base-" + workers.name.removeprefix("im-")
+            SPECS[name] = dataclasses.replace(workers, name=name, root=root)
     if args.scenario == "abuse":
         return abuse.main(args, RESULTS, versions())
     if args.scenario == "soak":

@@ -332,6 +332,17 @@ class NatsBroker(ClusterBroker):
         except MISSING:
             return None
 
+    async def _read(self, kv: KeyValue, key: str) -> tuple[Any, int]:
+        """The key's entry (None when absent or deleted) and the revision a
+        compare-and-set write names: the entry's, a delete marker's, or 0. Writing
+        over a delete marker with its revision is one round trip; ``create`` would
+        fail first and read again."""
+        try:
+            entry = await kv.get(key)
+        except MISSING as exc:
+            return None, exc.entry.revision if exc.entry is not None else 0
+        return entry, entry.revision or 0
+
     async def _node_tokens(self, nodes: set[int]) -> dict[int, str | None]:
         entries = await asyncio.gather(*(self._get(self.nodes_kv, f"n{n}") for n in nodes))
         return {
@@ -379,7 +390,7 @@ class NatsBroker(ClusterBroker):
         the entries it read, None when it left them."""
         key = user_key(user)
         while True:
-            old = await self._get(self.presence_kv, key)
+            old, last = await self._read(self.presence_kv, key)
             entries = self._entries(old)
             new = await change(entries)
             if new is None:
@@ -390,10 +401,8 @@ class NatsBroker(ClusterBroker):
                         self.presence_kv, key, old.revision
                     ):
                         continue
-                elif old is None:
-                    await self.presence_kv.create(key, orjson.dumps(new))
                 else:
-                    await self.presence_kv.update(key, orjson.dumps(new), last=old.revision)
+                    await self.presence_kv.update(key, orjson.dumps(new), last=last)
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue
             return entries
@@ -432,14 +441,11 @@ class NatsBroker(ClusterBroker):
         self._check()
         key = user_key(user)
         while True:  # compare-and-set: two nodes may mark the same user at once
-            old = await self._get(self.held_kv, key)
+            old, last = await self._read(self.held_kv, key)
             nodes = set(orjson.loads(old.value)) if old is not None and old.value else set()
             value = orjson.dumps(sorted(nodes | {self.node_id}))
             try:
-                if old is None:
-                    await self.held_kv.create(key, value)
-                else:
-                    await self.held_kv.update(key, value, last=old.revision)
+                await self.held_kv.update(key, value, last=last)
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue
             return
@@ -557,7 +563,7 @@ class NatsBroker(ClusterBroker):
         set; an empty list deletes the key. Returns the entries it read."""
         key = user_key(user)
         while True:
-            old = await self._get(self.inbox_kv, key)
+            old, last = await self._read(self.inbox_kv, key)
             entries = list(unpack_records(old.value)) if old is not None and old.value else []
             new = change(entries)
             if new is None or (not new and not entries):
@@ -566,10 +572,8 @@ class NatsBroker(ClusterBroker):
                 if not new:
                     if not await self._delete_if(self.inbox_kv, key, old.revision):
                         continue
-                elif old is None:
-                    await self.inbox_kv.create(key, pack_records(new))
                 else:
-                    await self.inbox_kv.update(key, pack_records(new), last=old.revision)
+                    await self.inbox_kv.update(key, pack_records(new), last=last)
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue
             return entries
@@ -676,7 +680,7 @@ class NatsBroker(ClusterBroker):
         async def add(tag: str) -> None:
             key = "t" + tag.encode().hex()
             while True:
-                old = await self._get(self.tagbox_kv, key)
+                old, last = await self._read(self.tagbox_kv, key)
                 items = orjson.loads(old.value) if old is not None and old.value else []
                 items = [i for i in items if i["e"] > kept.at]
                 items = [*items[len(items) + 1 - self.inbox_max_messages :], item]
@@ -685,10 +689,7 @@ class NatsBroker(ClusterBroker):
                     items = items[1:]
                     value = orjson.dumps(items)
                 try:
-                    if old is None:
-                        await self.tagbox_kv.create(key, value)
-                    else:
-                        await self.tagbox_kv.update(key, value, last=old.revision)
+                    await self.tagbox_kv.update(key, value, last=last)
                 except nats.js.errors.KeyWrongLastSequenceError:
                     continue
                 return

@@ -1,9 +1,10 @@
 """The NATS broker: routing by subject interest, presence in JetStream KV.
 
-Subjects (``P`` = broker prefix): ``P.n.N`` requests to node N (core request/reply;
-"no responders" means the node is gone), ``P.all`` broadcasts, ``P.t.HEX`` tag
-pushes: a node subscribes to the subject of every tag it has members of, so NATS
-itself routes a tag push only to those nodes.
+Subjects (``P`` = broker prefix): ``P.n.N`` requests to node N, answered on
+``P.r.M.ID`` (M: the asking node, ID: a counter of its requests; the server's "no
+responders" status arriving there means node N is gone), ``P.all`` broadcasts,
+``P.t.HEX`` tag pushes: a node subscribes to the subject of every tag it has members
+of, so NATS itself routes a tag push only to those nodes.
 
 KV buckets (in memory; nodes re-register after a NATS restart):
 ``P_nodes``  key ``nN`` -> {token, count, distribution}; the bucket's max age is the
@@ -56,6 +57,7 @@ log = logging.getLogger("im.nats")
 MISSING = (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError)
 T = TypeVar("T")
 WRONG_LAST_SEQUENCE = 10071  # JetStream: the key was written since we read it
+NO_RESPONDERS = "503"  # the server's status to a request no subscriber got
 SEEN = 4096  # remembered tag-push ids (a push to several tags arrives once per tag)
 SWEEP_READS = 1000  # users' kept entries read per sweep round (the rest in later rounds)
 
@@ -99,6 +101,9 @@ class NatsBroker(ClusterBroker):
         self.url: str = str(options.get("nats_url") or "nats://127.0.0.1:4222")
         self.token = os.urandom(8).hex()
         self._mids = itertools.count(1)
+        self._rids = itertools.count(1)
+        self._replies: dict[str, asyncio.Future[Msg]] = {}  # request id -> its answer
+        self._reply_to = ""  # P.r.M. (set once the node id is known)
         self._seen: set[tuple[int, int]] = set()
         self._seen_order: deque[tuple[int, int]] = deque()
         self._tag_subs: dict[str, Subscription] = {}
@@ -142,6 +147,8 @@ class NatsBroker(ClusterBroker):
                 await self._ensure_buckets()
                 self.node_id = await self._claim()
                 await self.nc.subscribe(self._subject("n", self.node_id), cb=self._on_request)
+                self._reply_to = self._subject("r", self.node_id, "")
+                await self.nc.subscribe(self._reply_to + "*", cb=self._on_reply)
                 await self.nc.subscribe(self._subject("all"), cb=self._on_push)
                 await self.nc.flush()
         except Exception as exc:
@@ -245,6 +252,11 @@ class NatsBroker(ClusterBroker):
         except Exception:
             log.exception("nats broker: bad message from a peer")
 
+    async def _on_reply(self, msg: Msg) -> None:
+        waiter = self._replies.get(msg.subject[len(self._reply_to) :])
+        if waiter is not None and not waiter.done():  # else: asked too long ago
+            waiter.set_result(msg)
+
     async def _on_push(self, msg: Msg) -> None:
         """A broadcast or tag push; ``ref`` is the id of a push sent to several tags."""
         try:
@@ -271,11 +283,20 @@ class NatsBroker(ClusterBroker):
             raise ConnectionError("not connected to NATS")
 
     async def _request(self, node: int, message: wire.Request) -> wire.Message | None:
+        """Request/reply on this node's own reply subjects rather than
+        ``nc.request``: a counter names the request (no random token) and the
+        caller's ``Health.guard`` bounds the wait (no ``wait_for`` of its own)."""
         self._check()
-        data = wire.encode(message, self.node_id)
+        rid = str(next(self._rids))
+        waiter: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._replies[rid] = waiter
         try:
-            msg = await self.nc.request(self._subject("n", node), data, timeout=self.timeout)
-        except nats.errors.NoRespondersError:
+            data = wire.encode(message, self.node_id)
+            await self.nc.publish(self._subject("n", node), data, reply=self._reply_to + rid)
+            msg = await waiter
+        finally:
+            del self._replies[rid]
+        if not msg.data and msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
             return None
         read = self.peer.read(msg.data)
         if read is None:

@@ -8,9 +8,11 @@ user -> node, node liveness, counts). See docs/cluster.md.
 
 Routing rules:
 - a push to users is first delivered to this node's own connections; the rest are
-  looked up in presence, grouped per holding node and sent to each of those nodes
-  as one request; the holding node answers with the users it did not reach. A node
-  that is gone (no subscriber) or silent for ``broker_timeout`` counts as not reached;
+  looked up in presence (skipped for users with a route, ``routes``), grouped per
+  holding node and sent to each of those nodes as one request; the holding node
+  answers with the users it did not reach. A node that is gone (no subscriber) or
+  silent for ``broker_timeout`` counts as not reached; a user a route did not reach
+  is looked up and pushed to again;
 - a broadcast is delivered locally and published once to every other node;
 - a tag push is delivered locally and sent only to nodes with members of the tags.
   Broadcasts and tag pushes leave in batches (one broker round trip for all that
@@ -143,7 +145,7 @@ class ClusterBroker(Broker):
     @abc.abstractmethod
     async def _request(self, node: int, message: wire.Request) -> wire.Message | None:
         """Send ``message`` to ``node`` and return its answer; ``None`` when no such
-        node listens. Raise ``TimeoutError`` when it does not answer in time."""
+        node listens. The caller bounds the wait (``_ask``: ``broker_timeout``)."""
 
     @abc.abstractmethod
     async def _notify(self, node: int, data: bytes) -> None:

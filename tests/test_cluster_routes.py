@@ -8,7 +8,9 @@ from im_core.errors import CloseCode
 
 from .cluster import record_deliveries
 from .conftest import eventually
-from .test_cluster import Connect, Node, node, visible  # noqa: F401  (fixture)
+from .test_cluster import Connect, Node, node, visible
+
+__all__ = ["node"]  # the fixture, parametrized over the brokers
 
 
 def lookups(server: Server) -> int:

@@ -1,8 +1,9 @@
 """The NATS broker: routing by subject interest, presence in JetStream KV.
 
 Subjects (``P`` = broker prefix): ``P.n.N`` requests to node N, answered on
-``P.r.M.ID`` (M: the asking node, ID: a counter of its requests; the server's "no
-responders" status arriving there means node N is gone), ``P.all`` broadcasts,
+``P.r.M.T.ID`` (M: the asking node, T: its instance token, so a late answer never
+reaches a successor with the same id; ID: a counter of its requests; the server's
+"no responders" status arriving there means node N is gone), ``P.all`` broadcasts,
 ``P.t.HEX`` tag pushes: a node subscribes to the subject of every tag it has members
 of, so NATS itself routes a tag push only to those nodes.
 
@@ -103,7 +104,7 @@ class NatsBroker(ClusterBroker):
         self._mids = itertools.count(1)
         self._rids = itertools.count(1)
         self._replies: dict[str, asyncio.Future[Msg]] = {}  # request id -> its answer
-        self._reply_to = ""  # P.r.M. (set once the node id is known)
+        self._reply_to = ""  # P.r.M.T. (set once the node id is known)
         self._seen: set[tuple[int, int]] = set()
         self._seen_order: deque[tuple[int, int]] = deque()
         self._tag_subs: dict[str, Subscription] = {}
@@ -147,7 +148,7 @@ class NatsBroker(ClusterBroker):
                 await self._ensure_buckets()
                 self.node_id = await self._claim()
                 await self.nc.subscribe(self._subject("n", self.node_id), cb=self._on_request)
-                self._reply_to = self._subject("r", self.node_id, "")
+                self._reply_to = self._subject("r", self.node_id, self.token, "")
                 await self.nc.subscribe(self._reply_to + "*", cb=self._on_reply)
                 await self.nc.subscribe(self._subject("all"), cb=self._on_push)
                 await self.nc.flush()

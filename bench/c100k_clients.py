@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from .loadgen import client_frame, close_code, source_addresses, upgrade_request
+from .loadgen import ServerFrames, client_frame, close_code, source_addresses, upgrade_request
 
 HOST = "127.0.0.1"
 
@@ -55,11 +55,12 @@ class Share:
 class Idle(asyncio.Protocol):
     """An idle client: upgrades, answers pings with pongs, counts whole messages."""
 
-    __slots__ = ("buf", "got", "share", "transport", "upgraded")
+    __slots__ = ("buf", "frames", "got", "share", "transport", "upgraded")
 
     def __init__(self, share: Share, request: bytes, upgraded: asyncio.Future[bool]) -> None:
         self.share = share
-        self.buf = request  # the upgrade request until sent, then unparsed bytes
+        self.buf = request  # the upgrade request until sent, then the response head
+        self.frames = ServerFrames()
         self.upgraded: asyncio.Future[bool] | None = upgraded  # None once upgraded
         self.got = 0
         self.transport: asyncio.Transport | None = None
@@ -70,8 +71,8 @@ class Idle(asyncio.Protocol):
         self.buf = b""
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf + data if self.buf else data
         if self.upgraded is not None:
+            buf = self.buf + data
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 self.buf = buf
@@ -79,34 +80,22 @@ class Idle(asyncio.Protocol):
             ok = buf.startswith(b"HTTP/1.1 101")
             self.upgraded.set_result(ok)
             self.upgraded = None
-            buf = buf[end + 4 :] if ok else b""
-        pos, n = 0, len(buf)
-        while n - pos >= 2:
-            first, length, head = buf[pos], buf[pos + 1] & 0x7F, pos + 2
-            if length >= 126:
-                size = 2 if length == 126 else 8
-                if n - head < size:
-                    break
-                length = int.from_bytes(buf[head : head + size], "big")
-                head += size
-            if n - head < length:
-                break
-            opcode = first & 0x0F
+            self.buf = b""
+            data = buf[end + 4 :] if ok else b""
+        share = self.share
+        for opcode, payload in self.frames.feed(data):  # im sends whole messages
             if opcode == 0x9:  # a heartbeat ping: answer with its payload
-                self.share.pings += 1
-                self.transport.write(client_frame(0xA, buf[head : head + length]))  # type: ignore[union-attr]
+                share.pings += 1
+                self.transport.write(client_frame(0xA, payload))  # type: ignore[union-attr]
             elif opcode == 0x8:
-                self.share.ended(f"close {close_code(buf[head : head + length])}")
-            elif first & 0x80 and opcode != 0xA:  # the last frame of a message
+                share.ended(f"close {close_code(payload)}")
+            elif opcode in (0x1, 0x2):
                 self.got += 1
-                share = self.share
                 if self.got == share.expect:
                     share.finished += 1
                     share.last = time.perf_counter()
                     if share.finished == len(share.clients) and not share.all_done.done():
                         share.all_done.set_result(None)
-            pos = head + length
-        self.buf = buf[pos:]
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.upgraded is not None:

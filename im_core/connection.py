@@ -8,8 +8,9 @@ The transport plugin that accepted the socket reads it and calls ``server.connec
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -67,6 +68,7 @@ class Connection:
         "_on_close",
         "_outbox",
         "_pending",
+        "_seq",
         "_stuck",
         "_transport",
         "close_code",
@@ -124,6 +126,9 @@ class Connection:
         self._on_close = on_close
         # () until a frame is queued: an idle connection holds no list of its own
         self._pending: list[bytes] | tuple[()] = ()
+        # Broadcasts to everyone are queued once in the outbox, not here: this is the
+        # first of them this connection has not taken (written or moved to _pending).
+        self._seq = outbox.end
         # While set up (``hold``), frames queue but are not written: what the user
         # missed goes out first (``release``).
         self.holding = False
@@ -144,6 +149,8 @@ class Connection:
         """
         if self.closed:
             return False
+        if self._seq != self._outbox.end:  # broadcasts queued before this frame go first
+            self._take_shared()
         pending = self._pending
         if pending:  # nothing was written since the first frame: reuse its look
             buffered = self._buffered
@@ -163,6 +170,20 @@ class Connection:
             self._outbox.mark(self)
         return True
 
+    def _take_shared(self) -> None:
+        """Move the broadcasts to everyone this connection is owed into ``_pending``."""
+        outbox = self._outbox
+        owed = outbox.owed(self)
+        if not owed:
+            return
+        if self._pending:
+            self._pending.extend(owed)  # type: ignore[union-attr]
+            return
+        self._buffered = self._transport.get_write_buffer_size()
+        self._pending = owed
+        if not self.holding:
+            outbox.mark(self)
+
     def resend(self, entry: Unacked) -> bool:
         """Send an unacked entry again (its sid and payload)."""
         return self.send(self.fmt.build(entry.sid, entry.payload))
@@ -176,6 +197,8 @@ class Connection:
         self.holding = False
         if self.closed:
             return
+        if self._seq != self._outbox.end:
+            self._take_shared()
         if first:
             if not self._pending:
                 self._buffered = self._transport.get_write_buffer_size()
@@ -186,6 +209,8 @@ class Connection:
     def flush(self) -> None:
         """Write every queued frame now, in one call (a close path: the outbox
         writes through ``_write``)."""
+        if self._seq != self._outbox.end and not self.closed:
+            self._take_shared()
         frames = len(self._pending)
         written = self._write()
         if written:
@@ -206,6 +231,23 @@ class Connection:
         transport.write(data)
         if transport.get_write_buffer_size():
             self._stuck += len(pending)
+        return len(data)
+
+    def _write_shared(self, data: bytes, count: int) -> int:
+        """Write ``count`` frames of broadcasts to everyone, joined in ``data`` (shared
+        by every connection of this format); the slow-consumer limits apply as in
+        ``send``. Return the bytes written."""
+        transport = self._transport
+        buffered = transport.get_write_buffer_size()
+        if buffered:
+            if self._stuck + count > self.limit_frames or buffered + len(data) > self.limit_bytes:
+                self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+                return 0
+        else:
+            self._stuck = 0
+        transport.write(data)
+        if transport.get_write_buffer_size():
+            self._stuck += count
         return len(data)
 
     def reply(self, data: bytes, *, binary: bool | None = None) -> bool:
@@ -254,13 +296,22 @@ class Outbox:
     one write. A round of writes starts on the next loop iteration, or ``delay``
     seconds after the first frame of the round was queued (``--write-delay``: one
     shared timer per round, not one per connection). It writes at most
-    ``slice_size`` connections per loop iteration and yields between slices, so a
+    ``slice_size`` connections per loop iteration, fewer once ``budget`` seconds
+    have passed (read every 8 connections), and yields between slices, so a
     broadcast to many connections does not hold API calls and unicast pushes back
     for the whole fan-out. Frames queued during a round for a connection it already
     wrote wait for the next one, which with a delay starts that long after the round
     ends: each connection is written at most once per round. A connection passed to
     ``expedite`` goes first at the next slice: its queued frames, in order, in one
     write.
+
+    Broadcasts to everyone (``everyone``) are not queued per connection: the outbox
+    keeps them once, numbered, and the next round writes every connection; the
+    connections that owe exactly the round's broadcasts (nearly all) get one bytes
+    object per format, built and joined once. A connection remembers the first
+    broadcast it has not taken (``Connection._seq``); anything else queued for it
+    takes the broadcasts before it into its own queue first, so its frames keep
+    their order.
 
     It also counts what it writes (``frames``, ``bytes``: read through
     ``server.metrics``) and times one push per round: the oldest push whose frames
@@ -270,27 +321,53 @@ class Outbox:
 
     __slots__ = (
         "_at",
+        "_base",
+        "_budget",
+        "_built",
         "_delay",
         "_dirty",
+        "_everyone",
+        "_items",
+        "_joined",
         "_loop",
         "_round",
         "_slice",
+        "_stop",
         "_urgent",
         "bytes",
+        "end",
         "frames",
         "latency",
         "scheduled",
         "since",
     )
 
-    def __init__(self, loop: Any, *, delay: float = 0.0, slice_size: int = 100) -> None:
+    def __init__(
+        self,
+        loop: Any,
+        *,
+        delay: float = 0.0,
+        slice_size: int = 100,
+        budget: float = 0.0005,
+        everyone: Callable[[], Iterable[Connection]] = tuple,
+    ) -> None:
         self._loop = loop
         self._delay = delay
         self._slice = slice_size
+        self._budget = budget
+        self._everyone = everyone
         self._dirty: list[Connection] = []  # marked since the round began
         self._round: list[Connection] = []  # the round being written
         self._at = 0  # where its next slice starts
         self._urgent: list[Connection] = []
+        # Broadcasts to everyone not yet written to every connection: (sid, payload),
+        # numbered from _base; end = the next number. A round writes those below _stop.
+        self._items: list[tuple[int, bytes]] = []
+        self._base = 0
+        self._stop = 0
+        self.end = 0
+        self._built: dict[Format, list[bytes]] = {}  # their frames per format, from _base
+        self._joined: dict[Format, bytes] = {}  # the round's frames per format, joined
         self.scheduled = False
         self.frames = 0
         self.bytes = 0
@@ -302,6 +379,31 @@ class Outbox:
         if not self.scheduled:
             self.scheduled = True
             self._schedule()
+
+    def everyone(self, sid: int, payload: bytes) -> None:
+        """Queue a push (no ack) for every connection, built once per format."""
+        self._items.append((sid, payload))
+        self.end += 1
+        if not self.scheduled:
+            self.scheduled = True
+            self._schedule()
+
+    def owed(self, conn: Connection) -> list[bytes]:
+        """The frames of the broadcasts ``conn`` has not taken; it takes them now."""
+        seq = max(conn._seq, self._base)
+        conn._seq = end = self.end
+        return self._frames(conn.fmt, end)[seq - self._base :]
+
+    def _frames(self, fmt: Format, stop: int) -> list[bytes]:
+        """The frames in ``fmt`` of the broadcasts from ``_base`` below ``stop``."""
+        built = self._built.get(fmt)
+        if built is None:
+            built = self._built[fmt] = []
+        need = stop - self._base
+        if len(built) < need:
+            build = fmt.build
+            built.extend(build(sid, payload) for sid, payload in self._items[len(built) : need])
+        return built[:need]
 
     def _schedule(self) -> None:
         if self._delay:
@@ -320,37 +422,97 @@ class Outbox:
 
     def flush(self) -> None:
         if not self._at:  # a new round: what was marked until now
-            self._round, self._dirty = self._dirty, []
-        run, start = self._round, self._at
-        end = start + self._slice
-        last = end >= len(run)
-        if not last:  # more than one slice: the rest on the next iteration
-            self._at = end
-            self._loop.call_soon(self.flush)
-            batch = run[start:end]
-        else:
-            self._round, self._at = [], 0
-            batch = run[start:] if start else run
-            if self._dirty:  # queued during the round: the next one
-                self._schedule()
+            if self.end != self._stop:  # and broadcasts to everyone: every connection
+                self._stop = self.end
+                self._round = list(self._everyone())
+                self._dirty = []
             else:
-                self.scheduled = False
+                self._round, self._dirty = self._dirty, []
+        run, start = self._round, self._at
         if self._urgent:
             urgent, self._urgent = self._urgent, []
-            self._write(urgent)
-        self._write(batch)
-        if last and self.since:
+            self._write(urgent, 0, len(urgent), math.inf)
+        write = self._write_shared if self._stop != self._base else self._write
+        deadline = time.perf_counter() + self._budget
+        end = write(run, start, min(len(run), start + self._slice), deadline)
+        if end < len(run):  # the rest on the next iteration
+            self._at = end
+            self._loop.call_soon(self.flush)
+            return
+        self._round, self._at = [], 0
+        if self._stop != self._base:  # every connection has taken them
+            self._drop_written()
+        if self._dirty or self.end != self._stop:  # queued during the round: the next
+            self._schedule()
+        else:
+            self.scheduled = False
+        if self.since:
             if self.latency is not None:
                 self.latency.observe(time.perf_counter() - self.since)
             self.since = 0.0
 
-    def _write(self, conns: list[Connection]) -> None:
+    def _drop_written(self) -> None:
+        done = self._stop - self._base
+        del self._items[:done]
+        for built in self._built.values():
+            del built[:done]
+        self._base = self._stop
+        self._joined = {}
+
+    def _write(self, conns: list[Connection], i: int, stop: int, deadline: float) -> int:
+        """Write ``conns[i:stop]`` until ``deadline``; return where it stopped."""
         frames = written = 0  # counted here, in locals: one add per connection
-        for conn in conns:
+        clock = time.perf_counter
+        while i < stop:
+            conn = conns[i]
+            i += 1
             try:
                 frames += len(conn._pending)
                 written += conn._write()
             except Exception as exc:  # a broken transport closes only its own connection
                 conn.close(CloseCode.INTERNAL_ERROR, f"write failed: {exc}"[:120])
+            if not i & 7 and clock() > deadline:
+                break
         self.frames += frames
         self.bytes += written
+        return i
+
+    def _write_shared(self, conns: list[Connection], i: int, stop: int, deadline: float) -> int:
+        """``_write`` for a round with broadcasts to everyone (numbers below _stop)."""
+        frames = written = 0
+        base, last, count = self._base, self._stop, self._stop - self._base
+        joined = self._joined
+        clock = time.perf_counter
+        while i < stop:
+            conn = conns[i]
+            i += 1
+            if not i & 7 and clock() > deadline:
+                stop = i  # this one, then yield
+            try:
+                if conn.closed:
+                    continue
+                if conn._seq >= last:  # took them already: only its own frames, if any
+                    if conn._pending and not conn.holding:
+                        frames += len(conn._pending)
+                        written += conn._write()
+                    continue
+                if conn._pending or conn.holding or conn._seq > base:
+                    conn._take_shared()  # behind its own frames, or it is being set up
+                    if not conn.holding:
+                        frames += len(conn._pending)
+                        written += conn._write()
+                    continue
+                conn._seq = last
+                fmt = conn.fmt
+                data = joined.get(fmt)
+                if data is None:
+                    data = joined[fmt] = b"".join(self._frames(fmt, last))
+                n = conn._write_shared(data, count)
+                if n:
+                    written += n
+                    frames += count
+            except Exception as exc:  # a broken transport closes only its own connection
+                conn.close(CloseCode.INTERNAL_ERROR, f"write failed: {exc}"[:120])
+        self.frames += frames
+        self.bytes += written
+        return i

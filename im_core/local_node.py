@@ -81,6 +81,12 @@ class Node:
                 outbox.since = push.at
             return missing
         if push.kind == "all":
+            if track is None:  # queued once for everyone, not once per connection
+                outbox = server.outbox
+                outbox.everyone(sid, payload)
+                if not outbox.since:
+                    outbox.since = push.at
+                return []
             conns: Iterable[Connection] = list(server.buckets)
         elif push.kind == "tags_any":
             conns = server.tags.any_of(push.tags)

@@ -120,6 +120,10 @@ class Options:
         100, "connections written per event-loop turn before other work runs",
         converter=int, validator=positive,
     )
+    fanout_budget: float = option(
+        500.0, "µs of socket writes per event-loop turn before other work runs",
+        converter=float, validator=[positive, v.le(1_000_000.0)],
+    )
     broadcast_buffer: int = option(
         200, "capacity of the broadcast queue", converter=int, validator=positive
     )

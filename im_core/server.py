@@ -132,7 +132,11 @@ class Server:
         loop = asyncio.get_running_loop()
         self.loop = loop
         self.outbox = Outbox(
-            loop, delay=self.options.write_delay / 1000, slice_size=self.options.fanout_slice
+            loop,
+            delay=self.options.write_delay / 1000,
+            slice_size=self.options.fanout_slice,
+            budget=self.options.fanout_budget / 1e6,
+            everyone=self.buckets.__iter__,
         )
         self.metrics.attach(self.outbox)
         self._check_options()

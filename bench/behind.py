@@ -2,8 +2,8 @@
 
     python -m bench behind --runs 3 --base ../im-old
 
-Per run: im, im with slicing off (``--fanout-slice`` past N: the whole fan-out in
-one loop turn, as before slicing) and, with ``--base``, another tree of im. Each
+Per run: im, im with slicing off (``--fanout-slice`` past N and no time budget:
+the whole fan-out in one loop turn, as before slicing) and, with ``--base``, another tree of im. Each
 on the server core with N = 10,000 counting clients (the load generator, on the
 other core) plus ``--receivers`` clients held by a separate pusher process
 (``bench.pusher``, on the load generator's core but ahead of it), which sends
@@ -110,7 +110,8 @@ async def behind_session(
 def configs(args: argparse.Namespace) -> list[tuple[Spec, list[str]]]:
     unsliced = dataclasses.replace(IM, name="im, one slice")
     extra = shlex.split(args.server_args)
-    out = [(IM, extra), (unsliced, [*extra, "--fanout-slice", "1000000"])]
+    whole = ["--fanout-slice", "1000000", "--fanout-budget", "1000000"]
+    out = [(IM, extra), (unsliced, [*extra, *whole])]
     if "base" in SPECS:
         out.append((SPECS["base"], extra))
     return out

@@ -50,17 +50,23 @@ class _TimedOutbox(Outbox):
             super().flush()
             return
         if not self._at:  # the first slice of a round
-            _began[:] = [time.perf_counter(), len(self._dirty)]
+            _began[:] = [time.perf_counter(), self._round_size()]
         super().flush()
         start, n = _began
         if not self._at and n > 1:  # its last slice: stamp again next iteration,
             _armed[0] = False  # after any writes the loop deferred
             self._loop.call_soon(_stamp, start, int(n))
 
+    def _round_size(self) -> int:
+        """Connections the round about to begin writes: every one (``buckets``,
+        counted without a copy) when broadcasts to everyone wait, else those marked."""
+        if self.end != self._stop:
+            return len(self._everyone.__self__)  # type: ignore[attr-defined]
+        return len(self._dirty)
 
     def _flush_large(self) -> None:
         if not self._at:
-            n = len(self._dirty)
+            n = self._round_size()
             _began[:] = [time.perf_counter(), n if n >= LARGE else 0]
         super().flush()
         n = int(_began[1])

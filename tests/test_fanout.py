@@ -45,6 +45,85 @@ async def test_sliced_fanout_reaches_everyone_once_in_order(make_server, connect
         assert await drained(client) == []
 
 
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"write_delay": 200},  # everything below lands in one round
+        {"fanout_slice": 1},  # one connection per loop turn: rounds overlap the pushes
+        {"fanout_budget": 1, "fanout_slice": 1000},  # slices cut by time: 8 connections
+    ],
+)
+async def test_broadcasts_tag_pushes_and_unicasts_keep_each_connections_order(
+    make_server, connect, opts
+) -> None:
+    server = await make_server(broadcast_workers=1, **opts)
+    spec = {f"u{i}": (("x",) if i % 2 else ()) for i in range(20)}
+    c = await clients(server, connect, spec)
+    expect: dict[str, list[bytes]] = {user: [] for user in spec}
+    for i in range(4):
+        server.broadcast(f"b{i}".encode())
+        server.push_tags(["x"], f"t{i}".encode())
+        await server.queue.drain(5)
+        await server.push(["u0", "u1", "u19"], f"p{i}".encode())
+        for user, tags in spec.items():
+            expect[user].append(f"b{i}".encode())
+            if tags:
+                expect[user].append(f"t{i}".encode())
+            if user in ("u0", "u1", "u19"):
+                expect[user].append(f"p{i}".encode())
+    await asyncio.sleep(0.4)  # past the write delay
+    for user, client in c.items():
+        assert await drained(client) == expect[user], user
+
+
+async def test_a_broadcast_reaches_the_connections_there_when_it_was_sent(
+    make_server, connect
+) -> None:
+    server = await make_server(write_delay=600)
+    c = await clients(server, connect, {"early": ()})
+    server.broadcast(b"before")
+    await server.queue.drain(5)  # queued, not written: the delay holds the round
+    late = await connect(server, "late")
+    await eventually(lambda: server.local.local_count() == 2)
+    server.broadcast(b"after")
+    await asyncio.sleep(1.3)  # past two rounds' delays
+    assert await drained(c["early"]) == [b"before", b"after"]
+    assert await drained(late) == [b"after"]
+
+
+async def test_a_connection_being_set_up_gets_the_broadcasts_sent_meanwhile(
+    make_server, connect
+) -> None:
+    setting_up = asyncio.Event()
+
+    class Slow:
+        @hookimpl
+        async def im_connected(self, conn) -> None:
+            if conn.user_id == "late":
+                setting_up.set()
+                await asyncio.sleep(0.3)  # registered, not yet released
+
+    server = await make_server(plugins=(Slow(),))
+    c = await clients(server, connect, {"early": ()})
+    joining = asyncio.ensure_future(connect(server, "late"))
+    await asyncio.wait_for(setting_up.wait(), 5)
+    server.broadcast(b"meanwhile")
+    await server.queue.drain(5)
+    assert await drained(c["early"]) == [b"meanwhile"]  # written while "late" is held
+    await server.push("late", b"pushed")
+    late = await joining
+    assert await drained(late) == [b"meanwhile", b"pushed"]
+
+
+async def test_closing_writes_the_broadcasts_queued_for_it(make_server, connect) -> None:
+    server = await make_server(write_delay=1000)
+    c = await clients(server, connect, {"k": (), "other": ()})
+    server.broadcast(b"news")
+    await server.queue.drain(5)
+    assert await server.kick("k", "bye")
+    assert (await c["k"].receive(timeout=0.5)).data == b"news"
+
+
 async def _raw_client(
     server: Server, user: str
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -136,8 +215,38 @@ async def test_write_delay_keeps_the_slow_consumer_limit(make_server) -> None:
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("write_delay", -1), ("write_delay", 5000), ("fanout_slice", 0)]
+    ("option", "value"),
+    [("write_delay", -1), ("write_delay", 5000), ("fanout_slice", 0), ("fanout_budget", 0)],
 )
 async def test_bad_write_options_are_refused(make_server, option: str, value: int) -> None:
     with pytest.raises((ConfigError, ValueError), match=option):
         await make_server(**{option: value})
+
+
+async def test_a_reader_that_stops_is_closed_by_broadcasts_and_the_rest_get_them(
+    make_server, connect
+) -> None:
+    closed: list[tuple[str, int]] = []
+
+    class Watch:
+        @hookimpl
+        def im_disconnected(self, conn, code: int) -> None:
+            closed.append((conn.user_id, code))
+
+    server = await make_server(
+        plugins=(Watch(),), client_buffer=4, client_buffer_bytes=256 * 1024
+    )
+    c = await clients(server, connect, {"reader": ()})
+    _, writer = await _raw_client(server, "stalled")  # never reads
+    try:
+        await eventually(lambda: server.local.local_count() == 2)
+        sent = 0
+        while not closed and sent < 2000:
+            server.broadcast(b"y" * 32 * 1024)
+            sent += 1
+            await server.queue.drain(5)
+            assert len((await c["reader"].receive(timeout=5)).data) == 32 * 1024
+            await asyncio.sleep(0.002)
+        assert closed == [("stalled", CloseCode.SLOW_CONSUMER)]
+    finally:
+        writer.close()

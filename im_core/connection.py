@@ -348,7 +348,7 @@ class Outbox:
         *,
         delay: float = 0.0,
         slice_size: int = 100,
-        budget: float = 0.0005,
+        budget: float = 0.0001,
         everyone: Callable[[], Iterable[Connection]] = tuple,
     ) -> None:
         self._loop = loop

@@ -121,7 +121,7 @@ class Options:
         converter=int, validator=positive,
     )
     fanout_budget: float = option(
-        500.0, "µs of socket writes per event-loop turn before other work runs",
+        100.0, "µs of socket writes per event-loop turn before other work runs",
         converter=float, validator=[positive, v.le(1_000_000.0)],
     )
     broadcast_buffer: int = option(

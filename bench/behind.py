@@ -4,8 +4,8 @@
 
 Per run: im, im with slicing off (``--fanout-slice`` past N and no time budget:
 the whole fan-out in one loop turn, as before slicing) and, with ``--base``,
-another tree of im. Each on the server core with N = 10,000 counting clients (the load generator, on the
-other core) plus ``--receivers`` clients held by a separate pusher process
+another tree of im. Each on the server core with N = 10,000 counting clients (the
+load generator, on the other core) plus ``--receivers`` clients held by a separate pusher process
 (``bench.pusher``, on the load generator's core but ahead of it), which sends
 ``--behind-rate`` pushes/s to them for ``--seconds`` through the original's gRPC
 ``SendMessage`` (or the HTTP ``push_user``: ``--behind-api http``). The harness

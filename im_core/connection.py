@@ -177,7 +177,7 @@ class Connection:
         if not owed:
             return
         if self._pending:
-            self._pending.extend(owed)  # type: ignore[union-attr]
+            self._pending.extend(owed)
             return
         self._buffered = self._transport.get_write_buffer_size()
         self._pending = owed

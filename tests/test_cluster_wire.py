@@ -136,16 +136,18 @@ async def test_a_request_of_another_wire_version_gets_no_answer(
     alice = await connect(node, "alice")
     await eventually(lambda: _online(node, "alice"))
 
-    # The same request in this node's version is answered: the users not reached (none).
-    request = [wire.VERSION, "push", STRANGER, 7, "users", ["alice"], [], 0]
-    answer = await cluster.ask(node, request, b"hi")
+    # The same request in this node's version is answered: per push, the users not
+    # reached (none of alice's two pushes; bob is not here).
+    rows = [[["alice"], 0, 2], [["alice", "bob"], 0, 3]]
+    request = [wire.VERSION, "pushes", STRANGER, 7, rows]
+    answer = await cluster.ask(node, request, b"hiyo!")
     assert answer is not None
     head, _, _ = answer.partition(b"\n")
-    assert orjson.loads(head) == [wire.VERSION, "missed", node.node_id, 7, []]
-    assert (await alice.receive()).data == b"hi"
+    assert orjson.loads(head) == [wire.VERSION, "missed", node.node_id, 7, [[], ["bob"]]]
+    assert [(await alice.receive()).data for _ in range(2)] == [b"hi", b"yo!"]
 
     # In the next version it is not: the sender sees what it sees of a hung node.
-    request = [wire.VERSION + 1, "push", STRANGER, 8, "users", ["alice"], [], 0]
+    request = [wire.VERSION + 1, "pushes", STRANGER, 8, [[["alice"], 0, 1]]]
     assert await cluster.ask(node, request, b"x") is None
     with pytest.raises(TimeoutError):
         await alice.receive(timeout=0.2)

@@ -276,7 +276,7 @@ async def test_a_cluster_node_reports_its_broker(
     assert value(m, "im_broker_up", broker="redis") == 1
     trips = series(m, "im_broker_round_trip_seconds_count")
     ops = {dict(labels)["op"] for labels, n in trips.items() if n}
-    assert {"presence_lookup", "peer_push", "heartbeat", "publish_state"} <= ops
+    assert {"presence_lookup", "peer_pushes", "heartbeat", "publish_state"} <= ops
     assert all(dict(labels)["broker"] == "redis" for labels in trips)
     errors = series(m, "im_broker_errors_total")
     assert set(errors) == set(trips) and not any(errors.values())

@@ -9,10 +9,12 @@ user -> node, node liveness, counts). See docs/cluster.md.
 Routing rules:
 - a push to users is first delivered to this node's own connections; the rest are
   looked up in presence (skipped for users with a route, ``routes``), grouped per
-  holding node and sent to each of those nodes as one request; the holding node
-  answers with the users it did not reach. A node that is gone (no subscriber) or
-  silent for ``broker_timeout`` counts as not reached; a user a route did not reach
-  is looked up and pushed to again;
+  holding node and sent to each of those nodes; the holding node answers with the
+  users it did not reach. One request per node is in flight: the pushes to that node
+  made meanwhile go together in the next one (``Batched``), in order, each caller
+  getting its own answer. A node that is gone (no subscriber) or silent for
+  ``broker_timeout`` counts as not reached; a user a route did not reach is looked
+  up and pushed to again;
 - a broadcast is delivered locally and published once to every other node;
 - a tag push is delivered locally and sent only to nodes with members of the tags.
   Broadcasts and tag pushes leave in batches (one broker round trip for all that
@@ -41,6 +43,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
@@ -65,6 +68,9 @@ log = logging.getLogger("im.cluster")
 R = TypeVar("R", bound=wire.Reply)
 KeepRequest = tuple[list[str], Entry, bool]  # users, entry, bounded
 MAX_OUTGOING = 4096  # queued broadcasts/tag pushes before publish waits for the broker
+#: Bytes of pushes to one node in one request (a larger push goes alone): well under
+#: NATS's default ``max_payload`` (1 MB), so batching makes no push too big to send.
+PUSHES_BYTES = 256 << 10
 FIRST_RETRY, LAST_RETRY = 0.05, 2.0  # backoff of the recovery loop, seconds
 SWEEP_EVERY = 1.0  # seconds between sweeps of expired kept entries
 SWEEP_BATCH = 500  # expired entries claimed per sweep round trip
@@ -73,6 +79,10 @@ MAX_FORGOTTEN = 100_000  # acked/expired entries waiting for the broker to come 
 #: together (a proxy restarts), the rest queue here rather than all racing one
 #: ``broker_timeout`` and turning a busy broker into an outage.
 LEAVING_IN_FLIGHT = 64
+
+
+def _size(push: wire.Unicast) -> int:
+    return len(push.payload) + sum(len(u) for u in push.users)
 
 
 def merge_distribution(parts: Iterable[dict[str, TagStat]]) -> dict[str, TagStat]:
@@ -124,6 +134,7 @@ class ClusterBroker(Broker):
         self._outgoing: list[tuple[Push, bytes]] = []
         self._sender: asyncio.Task[None] | None = None
         self._keeps: Batched[KeepRequest, list[str]] = Batched(self._keep_many, self.spawn)
+        self._unicasts: dict[int, Batched[wire.Unicast, tuple[str, ...]]] = {}  # by node
         self._forgotten: list[tuple[str, int]] = []
         self._forgetter: asyncio.Task[None] | None = None
         self._unseen: dict[str, float] = {}  # last-seen writes a failed disconnect left
@@ -493,13 +504,29 @@ class ClusterBroker(Broker):
         return reached
 
     async def _push_to(self, node: int, users: list[str], push: Push) -> Iterable[str]:
-        """Push to ``users`` on ``node``; return those it did not reach."""
+        """Push to ``users`` on ``node``; return those it did not reach. Queued behind
+        the request in flight to ``node``, if any: the wait, queued and in flight
+        together, is bounded by ``broker_timeout``."""
+        unicast = self._unicasts.get(node)
+        if unicast is None:
+            unicast = self._unicasts[node] = Batched(
+                functools.partial(self._push_many, node), self.spawn, _size, PUSHES_BYTES
+            )
         try:
-            answer = await self._ask(node, wire.Deliver.of(push, tuple(users)), wire.NotReached)
-        except Unavailable as exc:
-            log.warning("push to node %d not confirmed: %s", node, exc)
+            async with asyncio.timeout(self.timeout):
+                return await unicast(wire.Unicast(tuple(users), push.sid, push.payload))
+        except (Unavailable, TimeoutError) as exc:
+            log.warning("push to node %d not confirmed: %s", node, exc or "timed out")
             return users
-        return users if answer is None else answer.users  # None: the node is gone
+
+    async def _push_many(self, node: int, pushes: list[wire.Unicast]) -> list[tuple[str, ...]]:
+        """Send ``pushes`` to ``node`` in one request; per push, the users not reached."""
+        answer = await self._ask(node, wire.Pushes(tuple(pushes)), wire.NotReached)
+        if answer is None:  # the node is gone
+            return [p.users for p in pushes]
+        if len(answer.users) != len(pushes):
+            raise Unavailable(f"node {node} answered {len(answer.users)} of {len(pushes)} pushes")
+        return list(answer.users)
 
     async def _send_outgoing(self) -> None:
         while self._outgoing:

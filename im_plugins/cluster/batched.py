@@ -1,6 +1,7 @@
 """Coalescing calls to the broker: every call made while one batch is in flight goes
-out with the next, in one round trip (a pipeline), so a stream of acked pushes costs
-one broker round trip per batch, not per push."""
+out with the next, in one round trip (a pipeline, or one message to a node), so a
+stream of calls costs one broker round trip per batch, not per call. Batches leave
+one after another, in the order of the calls."""
 
 from __future__ import annotations
 
@@ -17,9 +18,15 @@ class Batched(Generic[Q, A]):
         self,
         run: Callable[[list[Q]], Awaitable[list[A]]],
         spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
+        size: Callable[[Q], int] | None = None,
+        limit: int = 0,
     ) -> None:
         self._run = run  # one answer per request, in order
         self._spawn = spawn
+        # A batch holds requests up to ``limit`` in ``size`` (at least one): what the
+        # transport can carry in one message.
+        self._size = size
+        self._limit = limit
         self._queue: list[tuple[Q, asyncio.Future[A]]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -30,11 +37,30 @@ class Batched(Generic[Q, A]):
             self._task = self._spawn(self._drain())
         return await future
 
+    def _next(self) -> list[tuple[Q, asyncio.Future[A]]]:
+        # A caller that gave up (its wait timed out, its task was cancelled) while
+        # queued is not sent: it was told its call failed.
+        queue = [item for item in self._queue if not item[1].done()]
+        cut = len(queue)
+        if self._size is not None:
+            total = 0
+            for i, (request, _) in enumerate(queue):
+                total += self._size(request)
+                if total > self._limit and i:
+                    cut = i
+                    break
+        self._queue = queue[cut:]
+        return queue[:cut]
+
     async def _drain(self) -> None:
         while self._queue:
-            batch, self._queue = self._queue, []
+            batch = self._next()
+            if not batch:
+                continue
             try:
                 answers = await self._run([request for request, _ in batch])
+                if len(answers) != len(batch):  # else a caller would wait forever
+                    raise ValueError(f"{len(answers)} answers to {len(batch)} calls")
             except BaseException as exc:
                 for _, future in batch:
                     if not future.done():

@@ -33,6 +33,7 @@ class Peer:
         self._refusals = RateLimitedLog(log)
         self._handlers: dict[str, Handler] = {
             wire.Deliver.kind: self._deliver,
+            wire.Pushes.kind: self._pushes,
             wire.Outcomes.kind: self._outcomes,
             wire.Take.kind: self._take,
             wire.Kick.kind: self._kick,
@@ -61,12 +62,13 @@ class Peer:
             return None
         return await handler(origin, message)
 
-    async def _deliver(self, origin: int, message: wire.Deliver) -> wire.NotReached | None:
-        if message.target != "users":
-            if origin != self.broker.node_id:  # our own broadcast was delivered already
-                self.broker.node.deliver(message.push())
-            return None
-        return wire.NotReached(tuple(self.broker.node.deliver(message.push())))
+    async def _deliver(self, origin: int, message: wire.Deliver) -> None:
+        if origin != self.broker.node_id:  # our own broadcast was delivered already
+            self.broker.node.deliver(message.push())
+
+    async def _pushes(self, origin: int, message: wire.Pushes) -> wire.NotReached:
+        deliver = self.broker.node.deliver  # in order: a user's pushes stay in order
+        return wire.NotReached(tuple(tuple(deliver(p.push())) for p in message.pushes))
 
     async def _outcomes(self, origin: int, message: wire.Outcomes) -> None:
         for outcome in message.outcomes:

@@ -10,7 +10,8 @@ is the sending node; ``ref`` is a number the transport may use, 0 when unused (R
 the id of a request, which its reply carries back; NATS: the id of a tag push sent on
 several subjects); a reply always carries the ``ref`` of its request;
 the fields follow in the order of the class's ``dump``. Positional fields keep the hot
-path (one ``push`` per holding node per call) as small as JSON gets.
+path (one ``pushes`` per holding node for the pushes to it queued meanwhile) as small
+as JSON gets.
 
 Versioning: a node speaks exactly one version. Any change to the wire — a field
 added, removed, reordered or read differently, a new kind — is a new ``VERSION``.
@@ -31,7 +32,9 @@ import orjson
 from im_core.ack import AckOutcome
 from im_core.broker import Kind, Push
 
-VERSION = 2  # 2: devices (Take names one and several replaced connections; Outcomes)
+# 2: devices (Take names one and several replaced connections; Outcomes)
+# 3: pushes to users go several to a message (Pushes; NotReached per push)
+VERSION = 3
 
 
 class Refused(ValueError):
@@ -49,8 +52,8 @@ class Refused(ValueError):
 
 @attrs.define(slots=True)
 class Deliver:
-    """Deliver a push to the receiver's connections. To users it is a request
-    (answered with ``NotReached``); a broadcast or tag push is not answered."""
+    """Deliver a broadcast or tag push to the receiver's connections (not answered);
+    pushes to users travel in ``Pushes``."""
 
     kind: ClassVar[str] = "push"
     target: Kind
@@ -79,6 +82,17 @@ class Deliver:
         return cls(target, tuple(users), tuple(tags), int(sid), payload)
 
 
+class Unicast(NamedTuple):
+    """A push to the receiver's share of its users."""
+
+    users: tuple[str, ...]
+    sid: int
+    payload: bytes
+
+    def push(self) -> Push:
+        return Push("users", self.payload, self.users, (), self.sid)
+
+
 def _split(rows: list[list[Any]], payload: bytes) -> list[tuple[list[Any], bytes]]:
     """Rows whose last field is the size of their share of ``payload``, each with it."""
     out, at = [], 0
@@ -87,6 +101,28 @@ def _split(rows: list[list[Any]], payload: bytes) -> list[tuple[list[Any], bytes
         out.append((row, payload[at : at + size]))
         at += size
     return out
+
+
+@attrs.define(slots=True)
+class Pushes:
+    """Pushes to users, delivered in order (a user's pushes from one node arrive as
+    they were made); answered with ``NotReached``, one entry per push."""
+
+    kind: ClassVar[str] = "pushes"
+    pushes: tuple[Unicast, ...]
+
+    def dump(self, head: list[Any]) -> bytes:
+        head.append([[p.users, p.sid, len(p.payload)] for p in self.pushes])
+        return b"".join(p.payload for p in self.pushes)
+
+    @classmethod
+    def load(cls, head: list[Any], payload: bytes) -> Self:
+        return cls(
+            tuple(
+                Unicast(tuple(str(u) for u in users), int(sid), data)
+                for (users, sid, _), data in _split(head[4], payload)
+            )
+        )
 
 
 @attrs.define(slots=True)
@@ -178,10 +214,10 @@ class Retag:
 
 @attrs.define(slots=True)
 class NotReached:
-    """Answer to a user ``Deliver``: the users the receiver did not reach."""
+    """Answer to ``Pushes``: per push, in order, the users the receiver did not reach."""
 
     kind: ClassVar[str] = "missed"
-    users: tuple[str, ...]
+    users: tuple[tuple[str, ...], ...]
 
     def dump(self, head: list[Any]) -> bytes:
         head.append(self.users)
@@ -190,7 +226,7 @@ class NotReached:
     @classmethod
     def load(cls, head: list[Any], payload: bytes) -> Self:
         _, _, _, _, users = head
-        return cls(tuple(users))
+        return cls(tuple(tuple(str(u) for u in missed) for missed in users))
 
 
 class Entry(NamedTuple):
@@ -242,12 +278,13 @@ class Done:
         return cls(bool(ok), str(error))
 
 
-Request = Deliver | Take | Kick | Retag
+Request = Pushes | Take | Kick | Retag
 Reply = NotReached | Taken | Done
-Message = Deliver | Outcomes | Take | Kick | Retag | NotReached | Taken | Done
+Message = Deliver | Pushes | Outcomes | Take | Kick | Retag | NotReached | Taken | Done
 REPLIES: tuple[type[Reply], ...] = (NotReached, Taken, Done)
 KINDS: dict[str, type[Message]] = {
-    cls.kind: cls for cls in (Deliver, Outcomes, Take, Kick, Retag, NotReached, Taken, Done)
+    cls.kind: cls
+    for cls in (Deliver, Pushes, Outcomes, Take, Kick, Retag, NotReached, Taken, Done)
 }
 
 

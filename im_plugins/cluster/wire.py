@@ -283,8 +283,7 @@ Reply = NotReached | Taken | Done
 Message = Deliver | Pushes | Outcomes | Take | Kick | Retag | NotReached | Taken | Done
 REPLIES: tuple[type[Reply], ...] = (NotReached, Taken, Done)
 KINDS: dict[str, type[Message]] = {
-    cls.kind: cls
-    for cls in (Deliver, Pushes, Outcomes, Take, Kick, Retag, NotReached, Taken, Done)
+    cls.kind: cls for cls in (Deliver, Pushes, Outcomes, Take, Kick, Retag, NotReached, Taken, Done)
 }
 
 

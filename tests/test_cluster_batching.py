@@ -1,0 +1,117 @@
+"""Pushes to users on another node made while a request to that node is in flight go
+out together in the next request, in order; each call still gets its own answer
+(docs/cluster.md, "Routes")."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from im_client import Client
+from im_core import Server
+
+from .cluster import NodeProcess, broker_options, cleanup, new_prefix
+from .conftest import MakeServer, eventually
+from .test_cluster import Connect, Node, node, visible
+from .test_cluster_failures import broker
+
+__all__ = ["broker", "node"]  # the fixtures, parametrized over the brokers
+
+USERS = ("alice", "bob", "carol")
+EACH = 40  # pushes per user
+
+
+def requests(server: Server) -> tuple[int, int]:
+    """Requests carrying pushes to other nodes so far, and how many of them failed."""
+    trips = server.broker.round_trips().get("peer_pushes")  # type: ignore[union-attr]
+    return (0, 0) if trips is None else (trips.seconds.count, trips.errors)
+
+
+async def test_concurrent_pushes_to_another_node_arrive_in_order_in_fewer_requests(
+    node: Node, connect: Connect
+) -> None:
+    a, c = await node(), await node()
+    clients = {u: await connect(a, u) for u in USERS}
+    await visible(c, *USERS)
+    for user, client in clients.items():  # c learns where they are
+        assert (await c.push(user, b"hello")).missing == ()
+        assert (await client.receive()).data == b"hello"
+
+    before, _ = requests(c)
+    sent = [(u, f"{u} {i}".encode()) for i in range(EACH) for u in USERS]
+    results = await asyncio.gather(*(c.push(u, data) for u, data in sent))
+
+    assert all(r.missing == () for r in results)
+    for user, client in clients.items():
+        got = [(await client.receive()).data for _ in range(EACH)]
+        assert got == [data for u, data in sent if u == user]
+    made, failed = requests(c)
+    assert 1 <= made - before <= len(sent) // 4 and failed == 0
+
+
+async def test_concurrent_pushes_to_a_user_of_two_nodes_each_get_their_answer(
+    node: Node, connect: Connect
+) -> None:
+    a, b, c = await node(), await node(), await node()
+    alice, bob = await connect(a, "alice"), await connect(b, "bob")
+    await visible(c, "alice", "bob")
+    calls = [["alice"], ["bob", "ghost"], ["alice", "bob"], ["ghost"]] * 5
+    results = await asyncio.gather(*(c.push(users, b"x") for users in calls))
+    assert [r.missing for r in results] == [("ghost",) if "ghost" in u else () for u in calls]
+    for client, n in ((alice, 10), (bob, 10)):
+        assert [(await client.receive()).data for _ in range(n)] == [b"x"] * n
+
+
+async def test_a_batch_to_a_hung_or_gone_node_reports_every_callers_users(
+    broker: str, make_server: MakeServer
+) -> None:
+    prefix = new_prefix()
+    opts = broker_options(broker, prefix)
+    url = ["--redis-url", opts["redis_url"]] if broker == "redis" else []
+    if broker == "nats":
+        url = ["--nats-url", opts["nats_url"]]
+    proc = NodeProcess(["--broker", broker, "--broker-prefix", prefix, *url])
+    clients: list[Client] = []
+    here: Server | None = None
+    try:
+        await proc.ready()
+        here = await make_server(broker=broker, plugin={**opts, "broker_timeout": 0.3})
+        for user in USERS:
+            client = Client(proc.ws_url, user, heartbeat=None)
+            await client.connect()
+            clients.append(client)
+
+        async def online() -> bool:
+            return await here.online_count() == len(USERS)  # type: ignore[union-attr]
+
+        await eventually(online)
+        assert (await here.push(list(USERS), b"hi")).missing == ()  # routes learned
+        for client in clients:
+            assert (await client.receive()).data == b"hi"
+
+        loop = asyncio.get_running_loop()
+        # Hung: the request in flight and the pushes queued behind it all end after
+        # about broker_timeout (not one timeout after another), each caller's users
+        # not reached.
+        proc.proc.send_signal(signal.SIGSTOP)
+        _, failed = requests(here)
+        start = loop.time()
+        calls = [USERS[i % 3] for i in range(30)]
+        results = await asyncio.gather(*(here.push(u, b"stuck") for u in calls))
+        assert [r.missing for r in results] == [(u,) for u in calls]
+        assert 0.25 < loop.time() - start < 1.0
+        assert requests(here)[1] > failed  # counted as failed requests (metrics)
+        proc.proc.send_signal(signal.SIGCONT)
+
+        # Gone: no subscriber, so every caller is answered at once.
+        proc.kill()
+        start = loop.time()
+        results = await asyncio.gather(*(here.push(u, b"lost?") for u in calls))
+        assert [r.missing for r in results] == [(u,) for u in calls]
+        assert loop.time() - start < 0.25
+    finally:
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+        proc.kill()
+        if here is not None:
+            await here.stop()
+        await cleanup(broker, prefix, opts.get("redis_url"))

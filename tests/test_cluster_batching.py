@@ -9,6 +9,7 @@ import signal
 
 from im_client import Client
 from im_core import Server
+from im_plugins.cluster.base import PUSHES_BYTES
 
 from .cluster import NodeProcess, broker_options, cleanup, new_prefix
 from .conftest import MakeServer, eventually
@@ -49,7 +50,25 @@ async def test_concurrent_pushes_to_another_node_arrive_in_order_in_fewer_reques
     assert 1 <= made - before <= len(sent) // 4 and failed == 0
 
 
-async def test_concurrent_pushes_to_a_user_of_two_nodes_each_get_their_answer(
+async def test_large_pushes_are_split_over_requests_in_order(
+    node: Node, connect: Connect
+) -> None:
+    a, c = await node(), await node()
+    alice = await connect(a, "alice")
+    await visible(c, "alice")
+    assert (await c.push("alice", b"hello")).missing == ()
+    assert (await alice.receive()).data == b"hello"
+
+    before, _ = requests(c)
+    sent = [bytes([i]) * (PUSHES_BYTES // 3) for i in range(12)]  # two fit in a request
+    results = await asyncio.gather(*(c.push("alice", data) for data in sent))
+    assert all(r.missing == () for r in results)
+    assert [(await alice.receive()).data for _ in sent] == sent
+    made, _ = requests(c)
+    assert len(sent) // 2 <= made - before < len(sent)
+
+
+async def test_concurrent_pushes_to_users_on_two_nodes_each_get_their_own_answer(
     node: Node, connect: Connect
 ) -> None:
     a, b, c = await node(), await node(), await node()

@@ -509,14 +509,13 @@ class ClusterBroker(Broker):
         together, is bounded by ``broker_timeout``."""
         unicast = self._unicasts.get(node)
         if unicast is None:
-            unicast = self._unicasts[node] = Batched(
-                functools.partial(self._push_many, node), self.spawn, _size, PUSHES_BYTES
-            )
+            run = functools.partial(self._push_many, node)
+            unicast = Batched(run, self.spawn, _size, PUSHES_BYTES, self.timeout)
+            self._unicasts[node] = unicast
         try:
-            async with asyncio.timeout(self.timeout):
-                return await unicast(wire.Unicast(tuple(users), push.sid, push.payload))
+            return await unicast(wire.Unicast(tuple(users), push.sid, push.payload))
         except (Unavailable, TimeoutError) as exc:
-            log.warning("push to node %d not confirmed: %s", node, exc or "timed out")
+            log.warning("push to node %d not confirmed: %s", node, exc or "timed out queued")
             return users
 
     async def _push_many(self, node: int, pushes: list[wire.Unicast]) -> list[tuple[str, ...]]:

@@ -20,6 +20,7 @@ class Batched(Generic[Q, A]):
         spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
         size: Callable[[Q], int] | None = None,
         limit: int = 0,
+        wait: float | None = None,
     ) -> None:
         self._run = run  # one answer per request, in order
         self._spawn = spawn
@@ -27,15 +28,33 @@ class Batched(Generic[Q, A]):
         # transport can carry in one message.
         self._size = size
         self._limit = limit
+        # How long a queued call waits for its answer (``TimeoutError``); a call sent
+        # at once is bounded by ``run``.
+        self._wait = wait
         self._queue: list[tuple[Q, asyncio.Future[A]]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._busy = False  # a batch is in flight
 
     async def __call__(self, request: Q) -> A:
-        future: asyncio.Future[A] = asyncio.get_running_loop().create_future()
-        self._queue.append((request, future))
-        if self._task is None or self._task.done():
-            self._task = self._spawn(self._drain())
-        return await future
+        if self._busy:  # this one goes with the next batch
+            future: asyncio.Future[A] = asyncio.get_running_loop().create_future()
+            self._queue.append((request, future))
+            if self._wait is None:
+                return await future
+            async with asyncio.timeout(self._wait):
+                return await future
+        # Nothing in flight: the caller sends its request itself. Calls that do not
+        # overlap then cost no task and no hop between tasks.
+        self._busy = True
+        try:
+            answers = await self._run([request])
+        finally:
+            if self._queue:  # queued meanwhile: they go next, in order
+                self._spawn(self._drain())
+            else:
+                self._busy = False
+        if len(answers) != 1:
+            raise ValueError(f"{len(answers)} answers to 1 call")
+        return answers[0]
 
     def _next(self) -> list[tuple[Q, asyncio.Future[A]]]:
         # A caller that gave up (its wait timed out, its task was cancelled) while
@@ -53,21 +72,29 @@ class Batched(Generic[Q, A]):
         return queue[:cut]
 
     async def _drain(self) -> None:
-        while self._queue:
-            batch = self._next()
-            if not batch:
-                continue
-            try:
-                answers = await self._run([request for request, _ in batch])
-                if len(answers) != len(batch):  # else a caller would wait forever
-                    raise ValueError(f"{len(answers)} answers to {len(batch)} calls")
-            except BaseException as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                continue
-            for (_, future), answer in zip(batch, answers, strict=True):
+        try:
+            while self._queue:
+                batch = self._next()
+                if batch:
+                    await self._send(batch)
+        finally:
+            self._busy = False
+            for _, future in self._queue:  # left only when cancelled (shutdown)
+                future.cancel()
+            self._queue = []
+
+    async def _send(self, batch: list[tuple[Q, asyncio.Future[A]]]) -> None:
+        try:
+            answers = await self._run([request for request, _ in batch])
+            if len(answers) != len(batch):  # else a caller would wait forever
+                raise ValueError(f"{len(answers)} answers to {len(batch)} calls")
+        except BaseException as exc:
+            for _, future in batch:
                 if not future.done():
-                    future.set_result(answer)
+                    future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for (_, future), answer in zip(batch, answers, strict=True):
+            if not future.done():
+                future.set_result(answer)

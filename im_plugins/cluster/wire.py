@@ -63,11 +63,8 @@ class Deliver:
     payload: bytes
 
     @classmethod
-    def of(cls, push: Push, users: tuple[str, ...] | None = None) -> Self:
-        """``push`` as a message; ``users``: the receiver's share of its users."""
-        return cls(
-            push.kind, push.users if users is None else users, push.tags, push.sid, push.payload
-        )
+    def of(cls, push: Push) -> Self:
+        return cls(push.kind, push.users, push.tags, push.sid, push.payload)
 
     def push(self) -> Push:
         return Push(self.target, self.payload, self.users, self.tags, self.sid)

@@ -413,8 +413,9 @@ class Outbox:
 
     @property
     def backlog(self) -> bool:
-        """Whether a round is being written with more than one slice to go."""
-        return len(self._round) - self._at > self._slice
+        """Whether a round is being written with more slices to go (a slice may end
+        early on the time budget, so any connection left counts)."""
+        return self._at < len(self._round)
 
     def expedite(self, conn: Connection) -> None:
         """Write ``conn`` at the next slice, ahead of the round being written."""

@@ -247,5 +247,8 @@ async def test_thousands_dropping_at_once_do_not_make_a_broker_outage(
     await eventually(lambda: a.local.local_count() == 0)
     await eventually(lambda: _count(a, 0), timeout=30)
     trips = a.broker.round_trips()  # type: ignore[union-attr]
-    assert trips["unregister"].errors == 0 and a.broker.healthy()  # type: ignore[union-attr]
+    assert trips["unregister"].errors == 0
+    # Another call (a liveness refresh, a count) may still time out on a loaded
+    # machine at this short timeout; the disconnects themselves must not have.
+    await eventually(lambda: a.broker.healthy())  # type: ignore[union-attr]
     assert all([await a.presence(u) is None for u in users[::100]])

@@ -58,6 +58,7 @@ from im_core.tags import TagStat
 from . import wire
 from .batched import Batched
 from .health import Health
+from .held import Held
 from .inbox import Entry, now_ms
 from .outcomes import OutcomeSender
 from .peer import Peer
@@ -130,7 +131,7 @@ class ClusterBroker(Broker):
         self._flusher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
-        self.dropped = 0  # broadcasts/tag pushes that reached only this node (outage)
+        self.held = Held(self.name)  # broadcasts/tag pushes the broker did not take
         self._outgoing: list[tuple[Push, bytes]] = []
         self._sender: asyncio.Task[None] | None = None
         self._keeps: Batched[KeepRequest, list[str]] = Batched(self._keep_many, self.spawn)
@@ -165,7 +166,9 @@ class ClusterBroker(Broker):
     @abc.abstractmethod
     async def _send_batch(self, batch: list[tuple[Push, bytes]]) -> None:
         """Send broadcasts and tag pushes (encoded ``Deliver`` messages), in order: a
-        broadcast to every node once, a tag push to the nodes with members of its tags."""
+        broadcast to every node once, a tag push to the nodes with members of its tags.
+        Removes from ``batch`` what the broker took, so that what is left after a
+        failure is sent again when it is back."""
 
     @abc.abstractmethod
     async def _locate(self, users: list[str]) -> dict[str, list[Presence]]:
@@ -394,6 +397,7 @@ class ClusterBroker(Broker):
                 self._resync = True
             else:
                 self.health.set(True)
+                self._send_held()
                 return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
@@ -422,10 +426,11 @@ class ClusterBroker(Broker):
         node = self.node
         if push.kind != "users":
             node.deliver(push)  # local connections first: served even when the broker is down
-            if not self.health.up:
-                self.dropped += 1  # the outage is logged once, not per push
+            item = (push, wire.encode(wire.Deliver.of(push), self.node_id))
+            if not self.health.up or self.held:
+                self.held.add([item])  # sent when the broker is back, after those held
                 return []
-            self._outgoing.append((push, wire.encode(wire.Deliver.of(push), self.node_id)))
+            self._outgoing.append(item)
             if self._sender is None or self._sender.done():
                 self._sender = self.spawn(self._send_outgoing())
             elif len(self._outgoing) >= MAX_OUTGOING:
@@ -533,9 +538,18 @@ class ClusterBroker(Broker):
             try:
                 async with self.health.guard("broadcast"):
                     await self._send_batch(batch)
-            except Unavailable as exc:
-                self.dropped += len(batch)
-                log.debug("%d broadcasts reached only this node: %s", len(batch), exc)
+            except Unavailable:
+                # What the broker did not take waits for it (in order: anything
+                # queued meanwhile goes after it).
+                self.held.add(batch + self._outgoing)
+                self._outgoing = []
+
+    def _send_held(self) -> None:
+        """The broker is back: send what it did not take meanwhile."""
+        if self.held:
+            self._outgoing[:0] = self.held.take()
+            if self._outgoing and (self._sender is None or self._sender.done()):
+                self._sender = self.spawn(self._send_outgoing())
 
     async def _ask(self, node: int, message: wire.Request, expect: type[R]) -> R | None:
         """Send a request to ``node`` and return its answer; None when it is gone.

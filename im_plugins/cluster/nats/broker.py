@@ -311,17 +311,23 @@ class NatsBroker(ClusterBroker):
     async def _send_batch(self, batch: list[tuple[Push, bytes]]) -> None:
         self._check()
         publish = self.nc.publish
-        for push, data in batch:
-            if push.kind == "all":
-                await publish(self._subject("all"), data)
-            elif push.kind == "tags_all" or len(push.tags) == 1:
-                # Any node with a member of all the tags has a member of the first one.
-                await publish(self._tag_subject(push.tags[0]), data)
-            else:
-                # One id for all its subjects: a node with several of the tags delivers once.
-                data = wire.encode(wire.Deliver.of(push), self.node_id, next(self._mids))
-                for tag in push.tags:
-                    await publish(self._tag_subject(tag), data)
+        taken = 0  # a publish that returned is in the client's buffer: sent, also after a reconnect
+        try:
+            for push, data in batch:
+                if push.kind == "all":
+                    await publish(self._subject("all"), data)
+                elif push.kind == "tags_all" or len(push.tags) == 1:
+                    # Any node with a member of all the tags has a member of the first one.
+                    await publish(self._tag_subject(push.tags[0]), data)
+                else:
+                    # One id for all its subjects: a node with several of the tags
+                    # delivers once.
+                    data = wire.encode(wire.Deliver.of(push), self.node_id, next(self._mids))
+                    for tag in push.tags:
+                        await publish(self._tag_subject(tag), data)
+                taken += 1
+        finally:
+            del batch[:taken]
 
     async def _sync_tag_subscriptions(self, tags: set[str]) -> None:
         """Subscribe to the subjects of ``tags``; drop subscriptions of tags without

@@ -267,6 +267,9 @@ class RedisBroker(ClusterBroker):
                     if n != mine:
                         pipe.publish(self._key("n", n.decode()), data)
             await pipe.execute()
+        # Taken. A pipeline whose answer did not come may have run: sent again, its
+        # pushes can arrive twice (the same sid), never not at all.
+        batch.clear()
 
     # --- presence ----------------------------------------------------------------------
 

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from typing import Any
 
 from im_client import Client
 from im_core import Server
 from im_plugins.cluster.base import PUSHES_BYTES
 
-from .cluster import NodeProcess, broker_options, cleanup, new_prefix
+from .cluster import NATS_URL, REDIS_URL, NodeProcess, broker_options, cleanup, new_prefix
 from .conftest import MakeServer, eventually
 from .test_cluster import Connect, Node, node, visible
-from .test_cluster_failures import broker
+from .test_cluster_failures import _count, broker
 
 __all__ = ["broker", "node"]  # the fixtures, parametrized over the brokers
 
@@ -134,4 +135,72 @@ async def test_a_batch_to_a_hung_or_gone_node_reports_every_callers_users(
         proc.kill()
         if here is not None:
             await here.stop()
+        await cleanup(broker, prefix, opts.get("redis_url"))
+
+
+async def _broker_messages(broker: str, channel: str) -> tuple[list[bytes], Any]:
+    """Messages published on ``channel`` from now on, read by a plain client of the
+    broker; and how to stop reading."""
+    seen: list[bytes] = []
+    if broker == "nats":
+        import nats
+
+        nc = await nats.connect(NATS_URL)
+
+        async def got(msg: Any) -> None:
+            seen.append(msg.data)
+
+        await nc.subscribe(channel, cb=got)
+        await nc.flush()
+        return seen, nc.close
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(REDIS_URL)
+    pubsub = r.pubsub()
+    await pubsub.subscribe(channel)
+    await pubsub.get_message(timeout=1)  # the subscription's confirmation
+
+    async def read() -> None:
+        async for message in pubsub.listen():
+            if message["type"] == "message":
+                seen.append(message["data"])
+
+    reader = asyncio.create_task(read())
+
+    async def stop() -> None:
+        reader.cancel()
+        await pubsub.aclose()
+        await r.aclose()
+
+    return seen, stop
+
+
+async def test_a_burst_of_broadcasts_reaches_other_nodes_in_few_broker_messages(
+    broker: str, make_server: MakeServer, connect: Connect
+) -> None:
+    """Broadcasts a node queues together travel to the other nodes together (wire
+    ``broadcasts``), in order, each still delivered once everywhere."""
+    prefix = new_prefix()
+    opts = broker_options(broker, prefix)
+    a = await make_server(broker=broker, plugin=opts)
+    b = await make_server(broker=broker, plugin=opts)
+    alice, bob = await connect(a, "alice"), await connect(b, "bob")
+    await eventually(lambda: _count(a, 2))
+    channel = f"{prefix}.all" if broker == "nats" else f"{prefix}:all"
+    seen, stop = await _broker_messages(broker, channel)
+    try:
+        sent = [f"b{i}".encode() for i in range(150)]  # within the broadcast queue
+        for data in sent:
+            a.broadcast(data)
+        assert [(await bob.receive()).data for _ in sent] == sent
+        assert [(await alice.receive()).data for _ in sent] == sent
+        await asyncio.sleep(0.2)  # every message the broker carried is counted
+        assert 1 <= len(seen) <= 15
+        a.broadcast(b"after")  # nothing came twice
+        assert (await bob.receive()).data == b"after"
+        assert (await alice.receive()).data == b"after"
+    finally:
+        await stop()
+        await a.stop()
+        await b.stop()
         await cleanup(broker, prefix, opts.get("redis_url"))

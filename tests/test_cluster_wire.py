@@ -155,3 +155,15 @@ async def test_a_request_of_another_wire_version_gets_no_answer(
 
 async def _online(server: Server, user: str) -> bool:
     return await server.presence(user) is not None
+
+
+async def test_broadcasts_travelling_together_are_delivered_in_order(
+    cluster: Cluster, connect: Connect
+) -> None:
+    """``broadcasts``: several broadcasts in one message, each sized in the header."""
+    node = await cluster.node()
+    alice = await connect(node, "alice")
+    await eventually(lambda: _online(node, "alice"))
+    head = orjson.dumps([wire.VERSION, "broadcasts", STRANGER, 0, [[0, 2], [0, 3], [0, 0]]])
+    await cluster.send(node, head + b"\nhiyo!")
+    assert [(await alice.receive()).data for _ in range(3)] == [b"hi", b"yo!", b""]

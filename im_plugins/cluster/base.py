@@ -46,7 +46,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from im_core.ack import AckOutcome, Unacked
@@ -84,6 +84,26 @@ LEAVING_IN_FLIGHT = 64
 
 def _size(push: wire.Unicast) -> int:
     return len(push.payload) + sum(len(u) for u in push.users)
+
+
+def grouped(batch: list[tuple[Push, bytes]], node_id: int) -> Iterator[tuple[int, Push, bytes]]:
+    """``(count, push, data)`` for each message to send for ``batch``, in order: a run of
+    broadcasts to everyone goes as one ``Broadcasts`` of up to ``PUSHES_BYTES`` (its
+    first push and how many it carries), anything else as it was encoded."""
+    i, n = 0, len(batch)
+    while i < n:
+        push, data = batch[i]
+        j, size = i + 1, len(push.payload)
+        if push.kind == "all":
+            while j < n and batch[j][0].kind == "all":
+                size += len(batch[j][0].payload)
+                if size > PUSHES_BYTES:
+                    break
+                j += 1
+        if j - i > 1:
+            data = wire.encode(wire.Broadcasts.of(p for p, _ in batch[i:j]), node_id)
+        yield j - i, push, data
+        i = j
 
 
 def merge_distribution(parts: Iterable[dict[str, TagStat]]) -> dict[str, TagStat]:

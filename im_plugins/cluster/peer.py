@@ -33,6 +33,7 @@ class Peer:
         self._refusals = RateLimitedLog(log)
         self._handlers: dict[str, Handler] = {
             wire.Deliver.kind: self._deliver,
+            wire.Broadcasts.kind: self._broadcasts,
             wire.Pushes.kind: self._pushes,
             wire.Outcomes.kind: self._outcomes,
             wire.Take.kind: self._take,
@@ -65,6 +66,12 @@ class Peer:
     async def _deliver(self, origin: int, message: wire.Deliver) -> None:
         if origin != self.broker.node_id:  # our own broadcast was delivered already
             self.broker.node.deliver(message.push())
+
+    async def _broadcasts(self, origin: int, message: wire.Broadcasts) -> None:
+        if origin != self.broker.node_id:
+            deliver = self.broker.node.deliver
+            for push in message.pushes():
+                deliver(push)
 
     async def _pushes(self, origin: int, message: wire.Pushes) -> wire.NotReached:
         deliver = self.broker.node.deliver  # in order: a user's pushes stay in order

@@ -24,6 +24,7 @@ since the sender may not read our version either.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, NamedTuple, Self
 
 import attrs
@@ -34,7 +35,8 @@ from im_core.broker import Kind, Push
 
 # 2: devices (Take names one and several replaced connections; Outcomes)
 # 3: pushes to users go several to a message (Pushes; NotReached per push)
-VERSION = 3
+# 4: broadcasts to everyone go several to a message (Broadcasts)
+VERSION = 4
 
 
 class Refused(ValueError):
@@ -120,6 +122,31 @@ class Pushes:
                 for (users, sid, _), data in _split(head[4], payload)
             )
         )
+
+
+@attrs.define(slots=True)
+class Broadcasts:
+    """Broadcasts to everyone, delivered in order (not answered): those a node queued
+    meanwhile travel together, so another node takes a burst in one message."""
+
+    kind: ClassVar[str] = "broadcasts"
+    items: tuple[tuple[int, bytes], ...]  # (sid, payload)
+
+    @classmethod
+    def of(cls, pushes: Iterable[Push]) -> Self:
+        return cls(tuple((p.sid, p.payload) for p in pushes))
+
+    def pushes(self) -> Iterator[Push]:
+        for sid, payload in self.items:
+            yield Push("all", payload, (), (), sid)
+
+    def dump(self, head: list[Any]) -> bytes:
+        head.append([[sid, len(payload)] for sid, payload in self.items])
+        return b"".join(payload for _, payload in self.items)
+
+    @classmethod
+    def load(cls, head: list[Any], payload: bytes) -> Self:
+        return cls(tuple((int(sid), data) for (sid, _), data in _split(head[4], payload)))
 
 
 @attrs.define(slots=True)
@@ -277,10 +304,11 @@ class Done:
 
 Request = Pushes | Take | Kick | Retag
 Reply = NotReached | Taken | Done
-Message = Deliver | Pushes | Outcomes | Take | Kick | Retag | NotReached | Taken | Done
+Message = Deliver | Broadcasts | Pushes | Outcomes | Take | Kick | Retag | NotReached | Taken | Done
 REPLIES: tuple[type[Reply], ...] = (NotReached, Taken, Done)
 KINDS: dict[str, type[Message]] = {
-    cls.kind: cls for cls in (Deliver, Pushes, Outcomes, Take, Kick, Retag, NotReached, Taken, Done)
+    cls.kind: cls
+    for cls in (Deliver, Broadcasts, Pushes, Outcomes, Take, Kick, Retag, NotReached, Taken, Done)
 }
 
 

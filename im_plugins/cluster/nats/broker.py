@@ -50,7 +50,7 @@ from im_core.broker import LocalNode, NodeStat, Presence, Push, TagKept
 from im_core.tags import TagStat
 
 from .. import wire
-from ..base import ClusterBroker, merge_distribution
+from ..base import ClusterBroker, grouped, merge_distribution
 from ..inbox import RECORD, Entry, pack_records, pack_tag_push, unpack_records, unpack_tag_push
 from ..options import without_secrets
 
@@ -313,7 +313,7 @@ class NatsBroker(ClusterBroker):
         publish = self.nc.publish
         taken = 0  # a publish that returned is in the client's buffer: sent, also after a reconnect
         try:
-            for push, data in batch:
+            for count, push, data in grouped(batch, self.node_id):
                 if push.kind == "all":
                     await publish(self._subject("all"), data)
                 elif push.kind == "tags_all" or len(push.tags) == 1:
@@ -325,7 +325,7 @@ class NatsBroker(ClusterBroker):
                     data = wire.encode(wire.Deliver.of(push), self.node_id, next(self._mids))
                     for tag in push.tags:
                         await publish(self._tag_subject(tag), data)
-                taken += 1
+                taken += count
         finally:
             del batch[:taken]
 

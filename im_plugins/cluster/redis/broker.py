@@ -23,7 +23,7 @@ from im_core.errors import CloseCode
 from im_core.tags import TagStat
 
 from .. import wire
-from ..base import ClusterBroker
+from ..base import ClusterBroker, grouped
 from ..inbox import Entry, pack_tag_push, pack_value, unpack_tag_push, unpack_value
 from ..options import without_secrets
 from . import lua
@@ -259,7 +259,7 @@ class RedisBroker(ClusterBroker):
         mine = str(self.node_id).encode()
         nodes = iter(members)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for push, data in batch:
+            for _, push, data in grouped(batch, self.node_id):
                 if push.kind == "all":
                     pipe.publish(self._key("all"), data)
                     continue

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .loadgen import Pool
-from .servers import HOST, Running, Spec, burst_request, running
+from .servers import HOST, Running, Spec, burst_request, machine_busy_seconds, running
 
 LATENCY_SAMPLES = 5
 #: the load generator's niceness while it times a broadcast of ``im-run --workers``
@@ -125,12 +125,23 @@ async def session(
                 result["latency_ms"] = statistics.median(samples)
                 result["latency_samples_ms"] = samples
             if "burst" in phases:
+                by0, machine0 = server.cpu_by_process(), machine_busy_seconds()
                 cpu0, t0 = server.cpu_seconds(), time.perf_counter()
                 seconds = await _broadcast(server, pool, m, frame_bytes)
                 counts = await _settled_counts(pool)
                 if counts != {m * frame_bytes: n}:
                     raise CheckFailed(f"{spec.name}: burst counts {counts}")
                 cpu = server.cpu_seconds() - cpu0
+                by1 = server.cpu_by_process()
+                # all the machine's CPU per delivery: robust to which process the
+                # kernel's loopback work was charged to
+                result["machine_us_per_delivery"] = (
+                    (machine_busy_seconds() - machine0) / (n * m) * 1e6
+                )
+                # which process of a tree (workers, nats-server) took the CPU
+                result["burst_cpu_by_process"] = {
+                    k: round(v - by0.get(k, 0.0), 2) for k, v in by1.items()
+                }
                 result["m"] = m
                 result["burst_server_busy"] = round(cpu / (time.perf_counter() - t0), 2)
                 result["burst_s"] = seconds

@@ -72,6 +72,9 @@ class Spec:
     #: nodes (workers) to wait for in ``GET nodes`` before clients connect: with one
     #: still starting, the kernel would hand every connection to the others
     nodes: int = 0
+    #: workers pinned one per core (worker i on CPU i mod cores) once they listen:
+    #: unpinned, the scheduler may pull a worker onto the load generator's core
+    pin_workers: bool = False
 
 
 def _py(*args: str) -> list[str]:
@@ -113,7 +116,7 @@ IM_METRICS = dataclasses.replace(
 )
 
 
-def _workers(count: int) -> Spec:
+def _workers(count: int, pin: bool = False) -> Spec:
     """``im-run --workers count`` over its embedded NATS, unpinned. The probe plugin
     runs in its per-worker mode: each worker stamps when its share of a broadcast is
     written, so the server's part of a broadcast is trigger -> the last worker's
@@ -121,7 +124,7 @@ def _workers(count: int) -> Spec:
     ``online_connections``): ``stats`` is answered by whichever worker gets it."""
     return dataclasses.replace(
         IM,
-        name=f"im-w{count}",
+        name=f"im-w{count}" + ("p" if pin else ""),
         argv=lambda port, rpc: _py(
             *("-m", "im_core.cli", "--host", HOST, "--http-port", str(port)),
             *("--rpc-port", str(rpc), "--heartbeat-interval", "3600", "--log-level", "WARNING"),
@@ -132,13 +135,18 @@ def _workers(count: int) -> Spec:
         probe_dir=True,
         count_field="online_connections",
         nodes=count,
+        pin_workers=pin,
     )
 
 
 #: the same supervisor and broker, one worker or two: the worker count is the only
 #: difference (``--servers im-w1,im-w2``; plain ``im`` is one node, memory broker)
 IM_W1, IM_W2 = _workers(1), _workers(2)
-SPECS = {s.name: s for s in (IM, IM_METRICS, IM_W1, IM_W2, AIOHTTP, SOCKETIO)}
+#: the same, each worker pinned to its own core (``im-w1p``: the worker on CPU 0)
+IM_W1P, IM_W2P = _workers(1, pin=True), _workers(2, pin=True)
+SPECS = {
+    s.name: s for s in (IM, IM_METRICS, IM_W1, IM_W2, IM_W1P, IM_W2P, AIOHTTP, SOCKETIO)
+}
 #: seconds between scrapes of a spec with ``scrape`` (Prometheus' default is 15 s)
 SCRAPE_EVERY = 1.0
 
@@ -196,6 +204,44 @@ def tree(pid: int) -> list[int]:
         found.append(p)
         todo.extend(parent.get(p, ()))
     return found
+
+
+def pin_workers(supervisor: int) -> None:
+    """Pin each worker of ``im-run --workers`` (the supervisor's Python children) to
+    its own core, in start order; nats-server stays unpinned."""
+    cores = sorted(os.sched_getaffinity(0))
+    workers = []
+    for p in tree(supervisor):
+        with contextlib.suppress(OSError), open(f"/proc/{p}/comm") as fh:
+            if p != supervisor and fh.read().strip().startswith("python"):
+                workers.append(p)
+    for i, p in enumerate(sorted(workers)):
+        os.sched_setaffinity(p, {cores[i % len(cores)]})
+
+
+def machine_busy_seconds() -> float:
+    """CPU time of every process and interrupt on the machine so far (``/proc/stat``):
+    the load generator's reads and the kernel's loopback work included, whichever
+    process a tick charged them to."""
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_by_process(pid: int) -> dict[str, float]:
+    """CPU time of each process of ``pid``'s tree, keyed ``"<pid> <command>"``, and
+    its write system calls (``"<pid> <command> writes"``)."""
+    out = {}
+    for p in tree(pid):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{p}/comm") as fh:
+                name = f"{p} {fh.read().strip()}"
+            out[name] = cpu_seconds(p)
+            with open(f"/proc/{p}/io") as fh:  # write system calls (all fds)
+                io = dict(line.split(": ") for line in fh.read().splitlines())
+            out[name + " writes"] = float(io["syscw"])
+    return out
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -283,6 +329,10 @@ class Running:
     def cpu_seconds(self) -> float:
         """The server's CPU so far: of its process, or its whole tree (workers)."""
         return cpu_seconds(self.proc.pid) if self.spec.pinned else tree_cpu_seconds(self.proc.pid)
+
+    def cpu_by_process(self) -> dict[str, float]:
+        """CPU so far of each process of the server's tree (one entry if pinned)."""
+        return tree_cpu_by_process(self.proc.pid)
 
     async def post(self, route: str, body: bytes) -> dict:
         async with self.session.post(self.base + route, data=body) as r:
@@ -379,6 +429,8 @@ async def running(
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{spec.name}: nodes {r.status} {await r.text()}")
             await asyncio.sleep(0.1)
+        if spec.pin_workers:
+            pin_workers(proc.pid)
         if spec.scrape:
             scraper = asyncio.get_running_loop().create_task(_scrape(server, spec.scrape))
         profile = os.environ.get("BENCH_PROFILE")  # collapsed stacks of the server

@@ -412,6 +412,9 @@ async def measure_mode(
     try:
         slow = await run_mode(mode, server, rx, int(rate * PACED_SECONDS), rate, flags, channels)
         row["p50_ms"], row["p99_ms"] = slow["p50_ms"], slow["p99_ms"]
+        # At one rate for every server: per-call CPU at full rate also carries how
+        # busy the server was (fewer calls per wake-up when it waits on something).
+        row["paced_server_us"] = slow["server_us"]
     except Exception as exc:
         row["paced_error"] = f"{type(exc).__name__} at {rate:.0f}/s"
         await asyncio.sleep(1.0)  # let the calls still queued drain

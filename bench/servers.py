@@ -209,7 +209,7 @@ def tree(pid: int) -> list[int]:
 def pin_workers(supervisor: int) -> None:
     """Pin each worker of ``im-run --workers`` (the supervisor's Python children) to
     its own core, in start order; nats-server stays unpinned."""
-    cores = sorted(os.sched_getaffinity(0))
+    cores = list(range(os.cpu_count() or 1))  # all: the harness itself is pinned
     workers = []
     for p in tree(supervisor):
         with contextlib.suppress(OSError), open(f"/proc/{p}/comm") as fh:

@@ -160,10 +160,19 @@ async def _online(server: Server, user: str) -> bool:
 async def test_broadcasts_travelling_together_are_delivered_in_order(
     cluster: Cluster, connect: Connect
 ) -> None:
-    """``broadcasts``: several broadcasts in one message, each sized in the header."""
+    """``broadcasts``: several broadcasts in one message, each with its message id
+    and size in the header; a copy of an id already delivered (a broadcast sent again
+    after a broker failure) is dropped, in ``broadcasts`` or as a ``push``."""
     node = await cluster.node()
     alice = await connect(node, "alice")
     await eventually(lambda: _online(node, "alice"))
-    head = orjson.dumps([wire.VERSION, "broadcasts", STRANGER, 0, [[0, 2], [0, 3], [0, 0]]])
+    rows = [[11, 0, 2], [12, 0, 3], [13, 0, 0]]
+    head = orjson.dumps([wire.VERSION, "broadcasts", STRANGER, 0, rows])
     await cluster.send(node, head + b"\nhiyo!")
     assert [(await alice.receive()).data for _ in range(3)] == [b"hi", b"yo!", b""]
+    again = orjson.dumps([wire.VERSION, "broadcasts", STRANGER, 0, [[12, 0, 3], [14, 0, 4]]])
+    await cluster.send(node, again + b"\nyo!new!")
+    for mid, payload in ((13, b""), (15, b"last")):
+        push = orjson.dumps([wire.VERSION, "push", STRANGER, mid, "all", [], [], 0])
+        await cluster.send(node, push + b"\n" + payload)
+    assert [(await alice.receive()).data for _ in range(2)] == [b"new!", b"last"]

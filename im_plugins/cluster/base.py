@@ -44,7 +44,9 @@ import abc
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
+import random
 import time
 from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -58,7 +60,7 @@ from im_core.tags import TagStat
 from . import wire
 from .batched import Batched
 from .health import Health
-from .held import Held
+from .held import Held, Item
 from .inbox import Entry, now_ms
 from .outcomes import OutcomeSender
 from .peer import Peer
@@ -86,13 +88,13 @@ def _size(push: wire.Unicast) -> int:
     return len(push.payload) + sum(len(u) for u in push.users)
 
 
-def grouped(batch: list[tuple[Push, bytes]], node_id: int) -> Iterator[tuple[int, Push, bytes]]:
+def grouped(batch: list[Item], node_id: int) -> Iterator[tuple[int, Push, bytes]]:
     """``(count, push, data)`` for each message to send for ``batch``, in order: a run of
     broadcasts to everyone goes as one ``Broadcasts`` of up to ``PUSHES_BYTES`` (its
     first push and how many it carries), anything else as it was encoded."""
     i, n = 0, len(batch)
     while i < n:
-        push, data = batch[i]
+        push, data, _ = batch[i]
         j, size = i + 1, len(push.payload)
         if push.kind == "all":
             while j < n and batch[j][0].kind == "all":
@@ -101,7 +103,7 @@ def grouped(batch: list[tuple[Push, bytes]], node_id: int) -> Iterator[tuple[int
                     break
                 j += 1
         if j - i > 1:
-            data = wire.encode(wire.Broadcasts.of(p for p, _ in batch[i:j]), node_id)
+            data = wire.encode(wire.Broadcasts.of((m, p) for p, _, m in batch[i:j]), node_id)
         yield j - i, push, data
         i = j
 
@@ -152,7 +154,10 @@ class ClusterBroker(Broker):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self.held = Held(self.name)  # broadcasts/tag pushes the broker did not take
-        self._outgoing: list[tuple[Push, bytes]] = []
+        self._outgoing: list[Item] = []
+        # Message ids of broadcasts and tag pushes (receivers deliver an id once). A
+        # random start: a node restarted under the same id does not repeat recent ones.
+        self._mids = itertools.count(random.getrandbits(40) + 1)
         self._sender: asyncio.Task[None] | None = None
         self._keeps: Batched[KeepRequest, list[str]] = Batched(self._keep_many, self.spawn)
         self._unicasts: dict[int, Batched[wire.Unicast, tuple[str, ...]]] = {}  # by node
@@ -184,7 +189,7 @@ class ClusterBroker(Broker):
         """Send an encoded message to ``node``, no answer expected."""
 
     @abc.abstractmethod
-    async def _send_batch(self, batch: list[tuple[Push, bytes]]) -> None:
+    async def _send_batch(self, batch: list[Item]) -> None:
         """Send broadcasts and tag pushes (encoded ``Deliver`` messages), in order: a
         broadcast to every node once, a tag push to the nodes with members of its tags.
         Removes from ``batch`` what the broker took, so that what is left after a
@@ -446,7 +451,8 @@ class ClusterBroker(Broker):
         node = self.node
         if push.kind != "users":
             node.deliver(push)  # local connections first: served even when the broker is down
-            item = (push, wire.encode(wire.Deliver.of(push), self.node_id))
+            mid = next(self._mids)
+            item = (push, wire.encode(wire.Deliver.of(push), self.node_id, mid), mid)
             if not self.health.up or self.held:
                 self.held.add([item])  # sent when the broker is back, after those held
                 return []
@@ -559,9 +565,9 @@ class ClusterBroker(Broker):
                 async with self.health.guard("broadcast"):
                     await self._send_batch(batch)
             except Unavailable:
-                # What the broker did not take waits for it (in order: anything
-                # queued meanwhile goes after it).
-                self.held.add(batch + self._outgoing)
+                # What the broker did not take waits for it, before anything held
+                # meanwhile (published once the failure was known, so later).
+                self.held.add(batch + self._outgoing, before=True)
                 self._outgoing = []
 
     def _send_held(self) -> None:

@@ -19,7 +19,8 @@ log = logging.getLogger("im.cluster")
 HOLD_FOR = 30.0  # seconds a held broadcast may wait for the broker
 MAX_HELD = 4096  # held broadcasts/tag pushes; the oldest is dropped beyond this
 
-Item = tuple[Push, bytes]
+#: a push, its encoded ``Deliver`` and its message id (receivers deliver an id once)
+Item = tuple[Push, bytes, int]
 
 
 class Held:
@@ -27,20 +28,25 @@ class Held:
         self.name = name
         self.hold_for = hold_for
         self.limit = limit
-        self._items: collections.deque[tuple[float, Push, bytes]] = collections.deque()
+        self._items: collections.deque[tuple[float, Item]] = collections.deque()
         self.dropped = 0  # reached only this node: too old, or the hold was full
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def add(self, items: list[Item]) -> None:
+    def add(self, items: list[Item], before: bool = False) -> None:
+        """Hold ``items`` after those held, or ``before`` them (items older than any
+        held: a batch that was in flight when the broker failed)."""
         if items and not self._items:
             log.info(
                 "%s broker: holding broadcasts for the other nodes until it is back "
                 "(up to %g s)", self.name, self.hold_for,
             )
         now = time.monotonic()
-        self._items.extend((now, push, data) for push, data in items)
+        if before:
+            self._items.extendleft((now, item) for item in reversed(items))
+        else:
+            self._items.extend((now, item) for item in items)
         over = len(self._items) - self.limit
         if over > 0:
             for _ in range(over):
@@ -56,7 +62,7 @@ class Held:
             stale += 1
         if stale:
             self._lost(stale, f"held longer than {self.hold_for:g} s")
-        items = [(push, data) for _, push, data in self._items]
+        items = [item for _, item in self._items]
         self._items.clear()
         if items:
             log.info("%s broker: sending %d held broadcasts", self.name, len(items))

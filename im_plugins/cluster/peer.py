@@ -8,6 +8,7 @@ to ``Peer.answer``; it sends the returned reply back to the asking node.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("im.cluster")
 
 Handler = Callable[[int, Any], Awaitable[wire.Reply | None]]
+#: message ids of broadcasts and tag pushes remembered per receiver: a copy sent again
+#: after a broker failure, or the same push on another tag's subject, is dropped
+SEEN = 16384
 
 
 class Peer:
@@ -31,6 +35,8 @@ class Peer:
         self.broker = broker
         # A peer of another version sends many messages: one line per sender and cause.
         self._refusals = RateLimitedLog(log)
+        self._seen: set[tuple[int, int]] = set()
+        self._seen_order: deque[tuple[int, int]] = deque()
         self._handlers: dict[str, Handler] = {
             wire.Deliver.kind: self._deliver,
             wire.Broadcasts.kind: self._broadcasts,
@@ -49,8 +55,13 @@ class Peer:
             self._refusals.warning(exc.cause, "%s broker: %s", self.broker.name, exc)
             return None
 
-    async def answer(self, origin: int, message: wire.Message) -> wire.Reply | None:
-        """Run a request or notice from node ``origin``; the reply, for a request."""
+    async def answer(
+        self, origin: int, message: wire.Message, ref: int = 0
+    ) -> wire.Reply | None:
+        """Run a request or notice from node ``origin``; the reply, for a request.
+        ``ref`` of a ``push`` is its message id: a second copy is dropped."""
+        if ref and message.kind == wire.Deliver.kind and not self._first(origin, ref):
+            return None
         handler = self._handlers.get(message.kind)
         if handler is None:  # a reply nobody waits for any more, or one sent to the wrong place
             self._refusals.warning(
@@ -69,9 +80,21 @@ class Peer:
 
     async def _broadcasts(self, origin: int, message: wire.Broadcasts) -> None:
         if origin != self.broker.node_id:
-            deliver = self.broker.node.deliver
-            for push in message.pushes():
-                deliver(push)
+            deliver, first = self.broker.node.deliver, self._first
+            for mid, push in message.pushes():
+                if first(origin, mid):
+                    deliver(push)
+
+    def _first(self, origin: int, mid: int) -> bool:
+        """Whether message ``mid`` of node ``origin`` is new here (and remember it)."""
+        key = (origin, mid)
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        self._seen_order.append(key)
+        if len(self._seen_order) > SEEN:
+            self._seen.discard(self._seen_order.popleft())
+        return True
 
     async def _pushes(self, origin: int, message: wire.Pushes) -> wire.NotReached:
         deliver = self.broker.node.deliver  # in order: a user's pushes stay in order

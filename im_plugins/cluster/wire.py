@@ -6,9 +6,10 @@ A message is one JSON array, a newline, then raw bytes that are never re-encoded
     [v, kind, origin, ref, field, field, ...]\\n<payload>
 
 ``v`` is the wire version (``VERSION``); ``kind`` names the message class; ``origin``
-is the sending node; ``ref`` is a number the transport may use, 0 when unused (Redis:
-the id of a request, which its reply carries back; NATS: the id of a tag push sent on
-several subjects); a reply always carries the ``ref`` of its request;
+is the sending node; ``ref`` is a number, 0 when unused: the id of a request, which
+its reply carries back (Redis), or the message id of a broadcast or tag push (``push``),
+which a receiver delivers once whether it comes again after a broker failure or, on
+NATS, once per tag subject; a reply always carries the ``ref`` of its request;
 the fields follow in the order of the class's ``dump``. Positional fields keep the hot
 path (one ``pushes`` per holding node for the pushes to it queued meanwhile) as small
 as JSON gets.
@@ -130,23 +131,26 @@ class Broadcasts:
     meanwhile travel together, so another node takes a burst in one message."""
 
     kind: ClassVar[str] = "broadcasts"
-    items: tuple[tuple[int, bytes], ...]  # (sid, payload)
+    #: (message id, sid, payload): the id is what a ``push``'s ``ref`` is for one
+    items: tuple[tuple[int, int, bytes], ...]
 
     @classmethod
-    def of(cls, pushes: Iterable[Push]) -> Self:
-        return cls(tuple((p.sid, p.payload) for p in pushes))
+    def of(cls, pushes: Iterable[tuple[int, Push]]) -> Self:
+        return cls(tuple((mid, p.sid, p.payload) for mid, p in pushes))
 
-    def pushes(self) -> Iterator[Push]:
-        for sid, payload in self.items:
-            yield Push("all", payload, (), (), sid)
+    def pushes(self) -> Iterator[tuple[int, Push]]:
+        for mid, sid, payload in self.items:
+            yield mid, Push("all", payload, (), (), sid)
 
     def dump(self, head: list[Any]) -> bytes:
-        head.append([[sid, len(payload)] for sid, payload in self.items])
-        return b"".join(payload for _, payload in self.items)
+        head.append([[mid, sid, len(payload)] for mid, sid, payload in self.items])
+        return b"".join(payload for _, _, payload in self.items)
 
     @classmethod
     def load(cls, head: list[Any], payload: bytes) -> Self:
-        return cls(tuple((int(sid), data) for (sid, _), data in _split(head[4], payload)))
+        return cls(
+            tuple((int(mid), int(sid), data) for (mid, sid, _), data in _split(head[4], payload))
+        )
 
 
 @attrs.define(slots=True)

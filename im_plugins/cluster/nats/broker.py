@@ -31,7 +31,6 @@ import itertools
 import logging
 import os
 import random
-from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -46,11 +45,12 @@ from nats.aio.subscription import Subscription
 from nats.js.api import StorageType
 from nats.js.kv import KeyValue
 
-from im_core.broker import LocalNode, NodeStat, Presence, Push, TagKept
+from im_core.broker import LocalNode, NodeStat, Presence, TagKept
 from im_core.tags import TagStat
 
 from .. import wire
 from ..base import ClusterBroker, grouped, merge_distribution
+from ..held import Item
 from ..inbox import RECORD, Entry, pack_records, pack_tag_push, unpack_records, unpack_tag_push
 from ..options import without_secrets
 
@@ -59,7 +59,6 @@ MISSING = (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError)
 T = TypeVar("T")
 WRONG_LAST_SEQUENCE = 10071  # JetStream: the key was written since we read it
 NO_RESPONDERS = "503"  # the server's status to a request no subscriber got
-SEEN = 4096  # remembered tag-push ids (a push to several tags arrives once per tag)
 SWEEP_READS = 1000  # users' kept entries read per sweep round (the rest in later rounds)
 
 
@@ -101,12 +100,9 @@ class NatsBroker(ClusterBroker):
         super().__init__(options, node_id, hold_ttl)
         self.url: str = str(options.get("nats_url") or "nats://127.0.0.1:4222")
         self.token = os.urandom(8).hex()
-        self._mids = itertools.count(1)
         self._rids = itertools.count(1)
         self._replies: dict[str, asyncio.Future[Msg]] = {}  # request id -> its answer
         self._reply_to = ""  # P.r.M.T. (set once the node id is known)
-        self._seen: set[tuple[int, int]] = set()
-        self._seen_order: deque[tuple[int, int]] = deque()
         self._tag_subs: dict[str, Subscription] = {}
         self._node_rev = 0
         self._sweep_from = 0  # where the next sweep round's window of users starts
@@ -247,7 +243,7 @@ class NatsBroker(ClusterBroker):
             if read is None:
                 return
             origin, ref, message = read
-            answer = await self.peer.answer(origin, message)
+            answer = await self.peer.answer(origin, message, ref)
             if msg.reply and answer is not None:
                 await msg.respond(wire.encode(answer, self.node_id, ref))
         except Exception:
@@ -259,21 +255,14 @@ class NatsBroker(ClusterBroker):
             waiter.set_result(msg)
 
     async def _on_push(self, msg: Msg) -> None:
-        """A broadcast or tag push; ``ref`` is the id of a push sent to several tags."""
+        """A broadcast or tag push; ``ref`` is its message id (a push to several tags
+        arrives once per tag: ``Peer`` delivers it once)."""
         try:
             read = self.peer.read(msg.data)
             if read is None:
                 return
             origin, ref, message = read
-            if ref:
-                key = (origin, ref)
-                if key in self._seen:
-                    return  # the same push via another of its tags
-                self._seen.add(key)
-                self._seen_order.append(key)
-                if len(self._seen_order) > SEEN:
-                    self._seen.discard(self._seen_order.popleft())
-            await self.peer.answer(origin, message)
+            await self.peer.answer(origin, message, ref)
         except Exception:
             log.exception("nats broker: bad message from a peer")
 
@@ -308,7 +297,7 @@ class NatsBroker(ClusterBroker):
         self._check()
         await self.nc.publish(self._subject("n", node), data)
 
-    async def _send_batch(self, batch: list[tuple[Push, bytes]]) -> None:
+    async def _send_batch(self, batch: list[Item]) -> None:
         self._check()
         publish = self.nc.publish
         taken = 0  # a publish that returned is in the client's buffer: sent, also after a reconnect
@@ -320,9 +309,8 @@ class NatsBroker(ClusterBroker):
                     # Any node with a member of all the tags has a member of the first one.
                     await publish(self._tag_subject(push.tags[0]), data)
                 else:
-                    # One id for all its subjects: a node with several of the tags
-                    # delivers once.
-                    data = wire.encode(wire.Deliver.of(push), self.node_id, next(self._mids))
+                    # One message id on all its subjects: a node with several of the
+                    # tags delivers it once.
                     for tag in push.tags:
                         await publish(self._tag_subject(tag), data)
                 taken += count

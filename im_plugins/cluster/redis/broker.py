@@ -18,12 +18,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from im_core.broker import LocalNode, NodeStat, Presence, Push, TagKept
+from im_core.broker import LocalNode, NodeStat, Presence, TagKept
 from im_core.errors import CloseCode
 from im_core.tags import TagStat
 
 from .. import wire
 from ..base import ClusterBroker, grouped
+from ..held import Item
 from ..inbox import Entry, pack_tag_push, pack_value, unpack_tag_push, unpack_value
 from ..options import without_secrets
 from . import lua
@@ -223,7 +224,7 @@ class RedisBroker(ClusterBroker):
             if future is not None and not future.done():
                 future.set_result(message)
             return
-        answer = await self.peer.answer(origin, message)
+        answer = await self.peer.answer(origin, message, ref)
         if ref and answer is not None:
             self.spawn(self._notify(origin, wire.encode(answer, self.node_id, ref)))
 
@@ -244,8 +245,8 @@ class RedisBroker(ClusterBroker):
     async def _notify(self, node: int, data: bytes) -> None:
         await self.redis.publish(self._key("n", node), data)
 
-    async def _send_batch(self, batch: list[tuple[Push, bytes]]) -> None:
-        tagged = [push for push, _ in batch if push.kind != "all"]
+    async def _send_batch(self, batch: list[Item]) -> None:
+        tagged = [push for push, _, _ in batch if push.kind != "all"]
         members: list[set[bytes]] = []
         if tagged:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -267,8 +268,9 @@ class RedisBroker(ClusterBroker):
                     if n != mine:
                         pipe.publish(self._key("n", n.decode()), data)
             await pipe.execute()
-        # Taken. A pipeline whose answer did not come may have run: sent again, its
-        # pushes can arrive twice (the same sid), never not at all.
+        # Taken. A pipeline cut off by ``broker_timeout`` may still run (a stalled
+        # Redis runs what it received when it resumes): sent again, its copies are
+        # dropped by message id where the first arrived.
         batch.clear()
 
     # --- presence ----------------------------------------------------------------------

@@ -410,6 +410,9 @@ class ClusterBroker(Broker):
             self._retry_now.clear()
             try:
                 await self._heartbeat()
+                # The broker answers: what waited for it goes out now, not after the
+                # re-registration below (thousands of writes, on a broker just back).
+                self._send_held()
                 if self._resync:
                     self._resync = False
                     await self._reregister()
@@ -422,7 +425,6 @@ class ClusterBroker(Broker):
                 self._resync = True
             else:
                 self.health.set(True)
-                self._send_held()
                 return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
@@ -453,7 +455,7 @@ class ClusterBroker(Broker):
             node.deliver(push)  # local connections first: served even when the broker is down
             mid = next(self._mids)
             item = (push, wire.encode(wire.Deliver.of(push), self.node_id, mid), mid)
-            if not self.health.up or self.held:
+            if self.held or not self._takes_broadcasts():
                 self.held.add([item])  # sent when the broker is back, after those held
                 return []
             self._outgoing.append(item)
@@ -569,6 +571,10 @@ class ClusterBroker(Broker):
                 # meanwhile (published once the failure was known, so later).
                 self.held.add(batch + self._outgoing, before=True)
                 self._outgoing = []
+
+    def _takes_broadcasts(self) -> bool:
+        """Whether a broadcast published now would reach the broker."""
+        return self.health.up
 
     def _send_held(self) -> None:
         """The broker is back: send what it did not take meanwhile."""

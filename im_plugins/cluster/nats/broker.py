@@ -268,6 +268,11 @@ class NatsBroker(ClusterBroker):
 
     # --- transport ---------------------------------------------------------------------
 
+    def _takes_broadcasts(self) -> bool:
+        # Connected is enough: a publish is core NATS, whatever JetStream (presence,
+        # the health this node reports) answers; the client buffers it meanwhile.
+        return bool(self.nc.is_connected)
+
     def _check(self) -> None:
         if not self.nc.is_connected:
             raise ConnectionError("not connected to NATS")

@@ -438,6 +438,7 @@ async def running(
             exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
             spy = subprocess.Popen(  # noqa: ASYNC220
                 [exe, "record", "-r", "1000", "-f", "raw", "-o", profile, "-p", str(proc.pid)]
+                + ([] if spec.pinned else ["--subprocesses"])  # workers: the whole tree
             )
         yield server
     finally:

@@ -60,7 +60,12 @@ class Peer:
     ) -> wire.Reply | None:
         """Run a request or notice from node ``origin``; the reply, for a request.
         ``ref`` of a ``push`` is its message id: a second copy is dropped."""
-        if ref and message.kind == wire.Deliver.kind and not self._first(origin, ref):
+        if (
+            ref
+            and message.kind == wire.Deliver.kind
+            and origin != self.broker.node_id  # our own echo: dropped by ``_deliver``
+            and not self._first(origin, ref)
+        ):
             return None
         handler = self._handlers.get(message.kind)
         if handler is None:  # a reply nobody waits for any more, or one sent to the wrong place

@@ -149,13 +149,16 @@ async def test_broker_restart_is_survived(
     assert await _status(a, "/ready") == 200
     await eventually(lambda: _count(a, 2), timeout=5)
     assert (await a.push("bob", b"remote again")).missing == ()
-    got = await bob.receive()
-    if got.data == b"only here":  # held for the broker; b may not have resubscribed
-        got = await bob.receive()
-    assert got.data == b"remote again"
     a.push_tags(["t"], b"tagged")
     assert (await alice.receive()).data == b"tagged"
-    assert (await bob.receive()).data == b"tagged"
+    # The broadcast made during the outage was held for the broker: it reaches b
+    # once a publish goes through (a first one may meet a stale connection and wait
+    # for the next heartbeat), so possibly after later pushes; at most once.
+    got = []
+    while b"tagged" not in got:
+        got.append((await bob.receive()).data)
+    assert [d for d in got if d != b"only here"] == [b"remote again", b"tagged"]
+    assert got.count(b"only here") <= 1
 
 
 async def test_a_disconnect_during_an_outage_still_records_when_the_user_left(

@@ -82,6 +82,10 @@ async def workers() -> AsyncIterator[Supervised]:
     sup = await start(
         "--workers", "2", "--http-port", "0", "--rpc-port", "0",
         "--presence-ttl", "1.5", "--drain-timeout", "1",
+        # A JetStream call slower than the default 1 s on a loaded machine is an
+        # outage (a login accepted locally, its duplicate elsewhere not replaced
+        # until the broker answers): not what this test is about.
+        "--broker-timeout", "5",
     )  # fmt: skip
     try:
         yield sup

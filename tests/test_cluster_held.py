@@ -14,11 +14,11 @@ from im_plugins.cluster.held import Held, Item
 
 
 def items(*names: str) -> list[Item]:
-    return [(Push("all", name.encode()), name.encode(), i) for i, name in enumerate(names)]
+    return [(Push("all", name.encode()), i) for i, name in enumerate(names)]
 
 
 def payloads(got: list[Item]) -> list[bytes]:
-    return [push.payload for push, _, _ in got]
+    return [push.payload for push, _ in got]
 
 
 def test_held_in_order_with_a_failed_batch_first() -> None:

@@ -91,10 +91,10 @@ def _size(push: wire.Unicast) -> int:
 def grouped(batch: list[Item], node_id: int) -> Iterator[tuple[int, Push, bytes]]:
     """``(count, push, data)`` for each message to send for ``batch``, in order: a run of
     broadcasts to everyone goes as one ``Broadcasts`` of up to ``PUSHES_BYTES`` (its
-    first push and how many it carries), anything else as it was encoded."""
+    first push and how many it carries), anything else as one ``Deliver``."""
     i, n = 0, len(batch)
     while i < n:
-        push, data, _ = batch[i]
+        push, mid = batch[i]
         j, size = i + 1, len(push.payload)
         if push.kind == "all":
             while j < n and batch[j][0].kind == "all":
@@ -103,7 +103,9 @@ def grouped(batch: list[Item], node_id: int) -> Iterator[tuple[int, Push, bytes]
                     break
                 j += 1
         if j - i > 1:
-            data = wire.encode(wire.Broadcasts.of((m, p) for p, _, m in batch[i:j]), node_id)
+            data = wire.encode(wire.Broadcasts.of((m, p) for p, m in batch[i:j]), node_id)
+        else:
+            data = wire.encode(wire.Deliver.of(push), node_id, mid)
         yield j - i, push, data
         i = j
 
@@ -190,7 +192,7 @@ class ClusterBroker(Broker):
 
     @abc.abstractmethod
     async def _send_batch(self, batch: list[Item]) -> None:
-        """Send broadcasts and tag pushes (encoded ``Deliver`` messages), in order: a
+        """Send broadcasts and tag pushes (as ``grouped`` encodes them), in order: a
         broadcast to every node once, a tag push to the nodes with members of its tags.
         Removes from ``batch`` what the broker took, so that what is left after a
         failure is sent again when it is back."""
@@ -453,8 +455,7 @@ class ClusterBroker(Broker):
         node = self.node
         if push.kind != "users":
             node.deliver(push)  # local connections first: served even when the broker is down
-            mid = next(self._mids)
-            item = (push, wire.encode(wire.Deliver.of(push), self.node_id, mid), mid)
+            item = (push, next(self._mids))
             if self.held or not self._takes_broadcasts():
                 self.held.add([item])  # sent when the broker is back, after those held
                 return []

@@ -19,8 +19,8 @@ log = logging.getLogger("im.cluster")
 HOLD_FOR = 30.0  # seconds a held broadcast may wait for the broker
 MAX_HELD = 4096  # held broadcasts/tag pushes; the oldest is dropped beyond this
 
-#: a push, its encoded ``Deliver`` and its message id (receivers deliver an id once)
-Item = tuple[Push, bytes, int]
+#: a push and its message id (receivers deliver an id once)
+Item = tuple[Push, int]
 
 
 class Held:
@@ -56,14 +56,13 @@ class Held:
     def take(self) -> list[Item]:
         """Everything held, in order, but what waited too long (dropped, logged)."""
         cutoff = time.monotonic() - self.hold_for
-        stale = 0
-        while self._items and self._items[0][0] < cutoff:
-            self._items.popleft()
-            stale += 1
+        # Not only from the front: a batch held ``before`` the others is older than
+        # its time of holding says.
+        items = [item for at, item in self._items if at >= cutoff]
+        stale = len(self._items) - len(items)
+        self._items.clear()
         if stale:
             self._lost(stale, f"held longer than {self.hold_for:g} s")
-        items = [item for _, item in self._items]
-        self._items.clear()
         if items:
             log.info("%s broker: sending %d held broadcasts", self.name, len(items))
         return items

@@ -246,7 +246,7 @@ class RedisBroker(ClusterBroker):
         await self.redis.publish(self._key("n", node), data)
 
     async def _send_batch(self, batch: list[Item]) -> None:
-        tagged = [push for push, _, _ in batch if push.kind != "all"]
+        tagged = [push for push, _ in batch if push.kind != "all"]
         members: list[set[bytes]] = []
         if tagged:
             async with self.redis.pipeline(transaction=False) as pipe:

@@ -37,7 +37,7 @@ from typing import Any
 from . import abuse, behind, c100k, calls, delivery, soak
 from .acks import ACK_SERVERS, ack_session
 from .scenarios import session
-from .servers import IM, IM_W1, IM_W2, LOADGEN_CPU, ROOT, SPECS
+from .servers import IM, IM_W1, IM_W1P, IM_W2, IM_W2P, LOADGEN_CPU, ROOT, SPECS
 from .unicast import DEFAULT_MODES, RATE, USERS, parse_flags, unicast_session
 
 RESULTS = ROOT / "bench" / "results"
@@ -137,11 +137,18 @@ def table(summary: dict[str, dict[str, Any]], servers: list[str], ns: list[int])
     # two workers against one, and this tree's workers against the base tree's
     pairs = [
         (num, den)
-        for num, den in (("im-w2", "im-w1"), ("im-w1", "base-w1"), ("im-w2", "base-w2"))
+        for num, den in (
+            ("im-w2", "im-w1"),
+            ("im-w2p", "im-w1p"),
+            ("base-w2", "base-w1"),
+            ("base-w2p", "base-w1p"),
+            ("im-w2", "base-w2"),
+            ("im-w2p", "base-w2p"),
+        )
         if num in servers and den in servers
     ]
     head = ["N", "measure", *servers, *(f"im/{p}" for p in peers)]
-    head += [f"{num}/{den}".replace("im-w2/im-w1", "w2/w1") for num, den in pairs]
+    head += [f"{num}/{den}" for num, den in pairs]
     rows = [head]
     for n in ns:
         for metric, label, fmt, _ in METRICS:
@@ -264,7 +271,7 @@ def main() -> int:
     if args.base:  # another tree of im, as the server "base" (delivery has its own)
         root = Path(args.base).resolve()
         SPECS["base"] = dataclasses.replace(IM, name="base", root=root)
-        for workers in (IM_W1, IM_W2):  # base-w1 / base-w2: its ``--workers`` forms
+        for workers in (IM_W1, IM_W2, IM_W1P, IM_W2P):  # base-w1 ...: its ``--workers`` forms
             name = "base-" + workers.name.removeprefix("im-")
             SPECS[name] = dataclasses.replace(workers, name=name, root=root)
     if args.scenario == "abuse":

@@ -7,7 +7,9 @@ server the supervisor starts on loopback (``EmbeddedNats``) and stops when it en
 
 The supervisor holds each port bound (not listening) with ``SO_REUSEPORT`` for its
 whole life: port 0 becomes one concrete port every worker shares, and a restarting
-worker finds its port still reserved for it. A worker that dies is restarted with
+worker finds its port still reserved for it. Workers send requests to each other
+(a push to a user on another worker) over Unix sockets in a private directory
+(``--node-links``), not through the broker. A worker that dies is restarted with
 exponential backoff; one that exits with status 2 (misconfiguration) stops
 everything with that status, and one that keeps dying at once is given up on.
 SIGTERM or SIGINT is forwarded to every worker, which drains as a single node
@@ -315,6 +317,9 @@ async def supervise(
     env = dict(os.environ)
     nats: EmbeddedNats | None = None
     keeper: asyncio.Task[None] | None = None
+    # The workers' sockets for requests to each other (``--node-links``): private.
+    links = tempfile.mkdtemp(prefix="im-links-")
+    flags += ["--node-links", links]
     try:
         for name, (host, port) in ports.items():
             sock = reserve(host, port)
@@ -347,3 +352,4 @@ async def supervise(
             await nats.stop()
         for sock in held:
             sock.close()
+        shutil.rmtree(links, ignore_errors=True)

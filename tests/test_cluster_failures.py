@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -108,12 +109,16 @@ async def _status(server: Server, path: str) -> int:
             return resp.status
 
 
-async def _two_nodes(
-    broker: str, own_broker: BrokerProcess, make_server: MakeServer, connect: Connect
+async def two_nodes(
+    broker: str,
+    own_broker: BrokerProcess,
+    make_server: MakeServer,
+    connect: Connect,
+    **options: Any,
 ) -> tuple[Server, Server, Client, Client]:
-    """Nodes a and b on ``own_broker`` (0.5 s timeout), alice on a and bob on b, both
-    tagged "t", each seen by the cluster."""
-    opts = broker_options(broker, new_prefix(), own_broker.url, broker_timeout=0.5)
+    """Nodes a and b on ``own_broker`` (0.5 s timeout; more broker ``options``), alice
+    on a and bob on b, both tagged "t", each seen by the cluster."""
+    opts = broker_options(broker, new_prefix(), own_broker.url, broker_timeout=0.5, **options)
     a = await make_server(broker=broker, plugin=opts)
     b = await make_server(broker=broker, plugin=opts)
     alice = await connect(a, "alice", tags=["t"])
@@ -125,7 +130,7 @@ async def _two_nodes(
 async def test_broker_restart_is_survived(
     broker: str, own_broker: BrokerProcess, make_server: MakeServer, connect: Connect
 ) -> None:
-    a, b, alice, bob = await _two_nodes(broker, own_broker, make_server, connect)
+    a, b, alice, bob = await two_nodes(broker, own_broker, make_server, connect)
 
     await own_broker.kill()
     await eventually(lambda: not a.broker.healthy() and not b.broker.healthy())  # type: ignore[union-attr]
@@ -232,7 +237,7 @@ async def test_broadcasts_the_broker_did_not_take_reach_the_other_nodes_when_it_
     """The caller was told a broadcast was queued: one published while the broker
     stalls (not yet known) and one while it is known down both reach the other
     node once it answers again, in order; the node's own users get them at once."""
-    a, _, alice, bob = await _two_nodes(broker, own_broker, make_server, connect)
+    a, _, alice, bob = await two_nodes(broker, own_broker, make_server, connect)
     assert own_broker.proc is not None
     own_broker.proc.send_signal(signal.SIGSTOP)
     try:

@@ -62,6 +62,7 @@ from .batched import Batched
 from .health import Health
 from .held import Held, Item
 from .inbox import Entry, now_ms
+from .links import NO_LINK, Links, NoLink
 from .outcomes import OutcomeSender
 from .peer import Peer
 from .routes import Routes
@@ -143,6 +144,8 @@ class ClusterBroker(Broker):
         self.per_user = int(options.get("max_connections_per_user") or 1)
         self.health = Health(self.name, self.timeout, self.errors)
         self.peer = Peer(self)
+        links = str(options.get("node_links") or "")
+        self.links = Links(self, links) if links else None  # requests to nodes on this machine
         self.routes = Routes(self.ttl)  # user -> node, one connection per user only
         self.outcomes = OutcomeSender(self)
         # Users whose connection being set up is not their only one: it is owed
@@ -302,7 +305,18 @@ class ClusterBroker(Broker):
             else:
                 log.error("%s broker task failed", self.name, exc_info=exc)
 
+    async def _open_links(self) -> None:
+        """Listen for requests from the nodes on this machine (``--node-links``)."""
+        if self.links is not None:
+            try:
+                await self.links.listen()
+            except OSError as exc:
+                where = self.links.dir
+                raise ConnectionError(f"node links: cannot listen in {where}: {exc}") from exc
+
     async def _cancel_tasks(self) -> None:
+        if self.links is not None:  # peers ask through the broker from now on
+            await self.links.close()
         for task in (self._sender, self._forgetter, self._seer):  # what was queued still goes out
             if task is not None and not task.done():
                 with contextlib.suppress(TimeoutError):
@@ -588,7 +602,11 @@ class ClusterBroker(Broker):
         """Send a request to ``node`` and return its answer; None when it is gone.
         Raises ``Unavailable`` when it does not answer in time, or not with ``expect``."""
         async with self.health.guard(message.kind, peer=True):
-            answer = await self._request(node, message)
+            answer: wire.Message | NoLink | None = NO_LINK
+            if self.links is not None:  # a node on this machine: straight to it
+                answer = await self.links.request(node, message)
+            if isinstance(answer, NoLink):
+                answer = await self._request(node, message)
         if answer is None or isinstance(answer, expect):
             return answer
         raise Unavailable(f"node {node} answered {answer.kind!r} to {message.kind!r}")

@@ -33,6 +33,13 @@ class ClusterOptions:
         converter=float,
         validator=positive,
     )
+    node_links: str = option(
+        "",
+        "directory of Unix sockets through which the nodes of one machine send each "
+        "other requests directly instead of through the broker (im-run --workers sets "
+        "it); empty: through the broker",
+        validator=v.instance_of(str),
+    )
 
 
 def url_of(*schemes: str) -> Callable[[Any, attrs.Attribute[Any], str], None]:

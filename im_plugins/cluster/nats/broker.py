@@ -151,6 +151,7 @@ class NatsBroker(ClusterBroker):
         except Exception as exc:
             await self.nc.close()
             raise ConnectionError(f"nats broker: cannot use {self.url}: {exc!r}") from exc
+        await self._open_links()
         self.health.up = True
         self.spawn(self._keep_alive())
         self.spawn(self._sweeper())

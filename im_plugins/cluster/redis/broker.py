@@ -141,6 +141,7 @@ class RedisBroker(ClusterBroker):
             await self._close_clients()
             # ConnectionError is an OSError: im-run reports it and exits with status 1.
             raise ConnectionError(f"redis broker: cannot use {self.url}: {exc}") from exc
+        await self._open_links()
         self.health.up = True
         self.spawn(self._listen())
         self.spawn(self._keep_alive())

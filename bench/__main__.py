@@ -72,6 +72,13 @@ METRICS = (  # key, label, format, higher is better
         "{:,.1f}",
         False,
     ),
+    (
+        "latency_machine_cpu_ms",
+        "  machine CPU, all processes, trigger -> last client, ms",
+        "{:,.1f}",
+        False,
+    ),
+    ("latency_machine_busy", "  machine cores busy meanwhile", "{:,.2f}", False),
     ("kb_per_conn", "KB / idle connection", "{:,.2f}", False),
     ("connect_per_s", "connections/s (validate hook)", "{:,.0f}", True),
     ("connect_per_cpu_s", "connections per server CPU-second", "{:,.0f}", True),

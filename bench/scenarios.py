@@ -95,12 +95,16 @@ async def session(
             frame_bytes = next(iter(counts))
             result["frame_bytes"] = frame_bytes
             if "latency" in phases:
-                samples, flushes, fanouts = [], [], []
+                samples, flushes, fanouts, machine = [], [], [], []
                 if spec.probe_dir:  # workers share the cores with this process: it
                     # yields to them, so their stamps show the server's part alone
                     os.setpriority(os.PRIO_PROCESS, 0, LOADGEN_NICE)
                 for _ in range(LATENCY_SAMPLES):
+                    busy0 = machine_busy_seconds()
                     samples.append(await _broadcast(server, pool, 1, frame_bytes) * 1000)
+                    # every process's CPU until the last client read it (kernel
+                    # included): what two cores share, whichever way it is split
+                    machine.append((machine_busy_seconds() - busy0) * 1000)
                     counts = await _settled_counts(pool)
                     if counts != {frame_bytes: n}:
                         raise CheckFailed(f"{spec.name}: latency broadcast got {counts}")
@@ -123,6 +127,10 @@ async def session(
                 if fanouts:
                     result["server_fanout_ms"] = statistics.median(fanouts)
                 result["latency_ms"] = statistics.median(samples)
+                result["latency_machine_cpu_ms"] = statistics.median(machine)
+                result["latency_machine_busy"] = round(
+                    statistics.median(c / w for c, w in zip(machine, samples, strict=True)), 2
+                )
                 result["latency_samples_ms"] = samples
             if "burst" in phases:
                 by0, machine0 = server.cpu_by_process(), machine_busy_seconds()

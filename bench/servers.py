@@ -208,7 +208,7 @@ def tree(pid: int) -> list[int]:
 
 def pin_workers(supervisor: int) -> None:
     """Pin each worker of ``im-run --workers`` (the supervisor's Python children) to
-    its own core, in start order; nats-server stays unpinned."""
+    its own core, in start order; the supervisor and nats-server keep every core."""
     cores = list(range(os.cpu_count() or 1))  # all: the harness itself is pinned
     workers = []
     for p in tree(supervisor):
@@ -392,7 +392,10 @@ async def running(
     probe_dir = Path(tempfile.mkdtemp(prefix="im-bench-probe-")) if spec.probe_dir else None
     if probe_dir is not None:
         env["BENCH_PROBE_DIR"] = str(probe_dir)
-    pin = ["taskset", "-c", str(cpu)] if spec.pinned else []
+    # Unpinned: every core. Without a mask of its own the server would inherit the
+    # harness's (the load generator's core alone), workers and nats-server with it.
+    every = f"0-{(os.cpu_count() or 1) - 1}"
+    pin = ["taskset", "-c", str(cpu) if spec.pinned else every]
     proc = subprocess.Popen(  # noqa: ASYNC220 - started once per session, before timing
         [*pin, *spec.argv(port, rpc_port), *extra_args],
         cwd=spec.root,

@@ -3,7 +3,7 @@
 ``im-run --workers`` gives its workers one private directory (``--node-links``):
 node N listens on ``DIR/N.sock``, and a node with a request for node N (a unicast
 push to a user there, a duplicate-login hand-over, a kick, a retag) sends it there
-instead of through the broker. A request and its answer through NATS cost ~390 µs
+instead of through the broker. A request and its answer through NATS cost ~350 µs
 of CPU over the two nodes and nats-server; over a Unix socket ~50 µs
 (docs/performance.md, "Links between workers").
 

@@ -1,6 +1,7 @@
 """A backend's broadcasts one call at a time, and what ``--write-delay`` does to them.
 
     python -m bench calls --n 2000,10000 --delays 0,1,5,20 --runs 3 [--base ../im-old]
+    python -m bench calls --n 2000 --delays 0,5 --caller aio,sync   # two kinds of backend
 
 Per run and N: im once per write delay, another tree of im (``--base``), then the
 aiohttp peer, each in its own process on the server core with N counting clients. A
@@ -53,10 +54,10 @@ def arrivals(stamps: list[tuple[float, int]], frame_bytes: int, m: int) -> list[
     return out
 
 
-async def call(server: Running, m: int) -> dict[str, Any]:
+async def call(server: Running, m: int, caller: str = "aio") -> dict[str, Any]:
     """Run the caller process against ``server``; its call start and end times."""
     if server.spec.im:
-        how, target = "grpc", f"{HOST}:{server.rpc_port}"
+        how, target = ("grpc-sync" if caller == "sync" else "grpc"), f"{HOST}:{server.rpc_port}"
     else:
         how, target = "http", server.base
     proc = await asyncio.create_subprocess_exec(
@@ -72,7 +73,9 @@ async def call(server: Running, m: int) -> dict[str, Any]:
     return result
 
 
-async def calls_session(spec: Spec, n: int, extra: list[str]) -> dict[str, Any]:
+async def calls_session(
+    spec: Spec, n: int, extra: list[str], caller: str = "aio"
+) -> dict[str, Any]:
     result: dict[str, Any] = {"server": spec.name, "n": n}
     async with running(spec, extra_args=extra) as server:
         pool = Pool(HOST, server.port, hello=spec.hello)
@@ -93,7 +96,7 @@ async def calls_session(spec: Spec, n: int, extra: list[str]) -> dict[str, Any]:
                 c.stamps = []
             done = pool.arm(M * frame_bytes)
             cpu0 = server.cpu_seconds()
-            calls = await call(server, M)
+            calls = await call(server, M, caller)
             last = await asyncio.wait_for(done, max(30.0, n * M / 2000))
             cpu = server.cpu_seconds() - cpu0
             counts = await _settled_counts(pool)
@@ -121,15 +124,17 @@ async def calls_session(spec: Spec, n: int, extra: list[str]) -> dict[str, Any]:
     return result
 
 
-def configs(args: argparse.Namespace) -> list[tuple[str, Spec, list[str]]]:
+def configs(args: argparse.Namespace) -> list[tuple[str, Spec, list[str], str]]:
     out = []
-    for delay in args.delays.split(","):
-        name = f"im --write-delay {delay}"
-        extra = [*shlex.split(args.server_args), "--write-delay", delay]
-        out.append((name, dataclasses.replace(IM, name=name), extra))
+    for caller in args.caller.split(","):
+        for delay in args.delays.split(","):
+            who = "im" if caller == "aio" else f"im ({caller} caller)"
+            name = f"{who} --write-delay {delay}"
+            extra = [*shlex.split(args.server_args), "--write-delay", delay]
+            out.append((name, dataclasses.replace(IM, name=name), extra, caller))
     if "base" in SPECS:  # another tree of im (--base), as it is
-        out.append(("base", SPECS["base"], shlex.split(args.server_args)))
-    out.append(("aiohttp", AIOHTTP, []))
+        out.append(("base", SPECS["base"], shlex.split(args.server_args), "aio"))
+    out.append(("aiohttp", AIOHTTP, [], "aio"))
     return out
 
 
@@ -142,10 +147,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     by = {(r["n"], r["server"]): r for r in rows}
     for n in sorted({r["n"] for r in rows}):
         peer = by.get((n, "aiohttp"), {})
-        zero = next((r for (k, s), r in by.items() if k == n and s.endswith(" 0")), {})
         for (k, name), r in by.items():
             if k != n:
                 continue
+            # added latency: against the same caller's run without a delay
+            zero = by.get((n, name.rsplit(" ", 1)[0] + " 0"), {})
             vs = r["deliveries_per_s"] / peer["deliveries_per_s"] if peer else None
             added = r["p99_ms"] - zero["p99_ms"] if zero and name != "aiohttp" else None
             lines.append(
@@ -176,9 +182,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     for i in range(args.runs):
         for n in (int(x) for x in args.n.split(",")):
-            for name, spec, extra in configs(args):
+            for name, spec, extra, caller in configs(args):
                 try:
-                    r = await calls_session(spec, n, extra)
+                    r = await calls_session(spec, n, extra, caller)
                 except Exception as exc:
                     r = {"server": name, "n": n, "error": f"{type(exc).__name__}: {exc}"}
                 r["run"] = i
@@ -190,6 +196,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("calls")
     g.add_argument("--delays", default="0,1,5,20", help="calls: im --write-delay values, ms")
+    g.add_argument(
+        "--caller",
+        default="aio",
+        help="calls: im's gRPC caller, aio (grpc.aio) and/or sync (a blocking stub), e.g. aio,sync",
+    )
 
 
 def main(args: argparse.Namespace, results: Path, versions: dict[str, str]) -> int:

@@ -52,13 +52,28 @@ SCENARIOS = {
     "all": {"burst", "latency", "memory", "connect", "unicast", "ack"},
     # 1 vs 2 workers (docs/performance.md, "Workers: 1 vs 2")
     "scaling": {"burst", "latency", "connect", "unicast"},
+    # the server's own CPU per delivery, clients not reading meanwhile (--m 500)
+    "quiet": {"quiet"},
 }
-BROADCAST_PHASES = {"burst", "latency", "memory", "connect"}
+BROADCAST_PHASES = {"burst", "latency", "memory", "connect", "quiet"}
 METRICS = (  # key, label, format, higher is better
     ("deliveries_per_s", "burst deliveries/s", "{:,.0f}", True),
     ("deliveries_per_cpu_s", "  burst deliveries per server CPU-second", "{:,.0f}", True),
     ("cpu_us_per_delivery", "  server CPU per delivery, µs", "{:,.3f}", False),
     ("machine_us_per_delivery", "  machine CPU per delivery (all processes), µs", "{:,.3f}", False),
+    (
+        "quiet_us_per_delivery",
+        "server CPU per delivery, clients not reading meanwhile, µs",
+        "{:,.4f}",
+        False,
+    ),
+    (
+        "quiet_machine_us_per_delivery",
+        "  machine CPU per delivery, clients not reading meanwhile, µs",
+        "{:,.4f}",
+        False,
+    ),
+    ("quiet_late_ms", "  server CPU once they read again (should be ~0), ms", "{:,.1f}", False),
     ("latency_ms", "1 broadcast -> last client, ms", "{:,.1f}", False),
     (
         "server_fanout_ms",

@@ -52,6 +52,20 @@ async def _broadcast(server: Running, pool: Pool, m: int, frame_bytes: int) -> f
     return t1 - t0
 
 
+async def _quiet(server: Running, idle_per_s: float, limit: float = 20.0) -> float:
+    """Wait until the server has stopped working (under 2 ms of CPU beyond its idle
+    rate in 50 ms); its CPU seconds then."""
+    before = server.run_seconds()
+    deadline = time.perf_counter() + limit
+    while time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)
+        now = server.run_seconds()
+        if now - before < 0.002 + idle_per_s * 0.05:
+            return now
+        before = now
+    raise CheckFailed(f"{server.spec.name}: still busy after {limit}s")
+
+
 async def _settled_counts(pool: Pool) -> dict[int, int]:
     await asyncio.sleep(0.3)  # let stragglers (extra frames) arrive before checking
     return pool.counts()
@@ -158,7 +172,54 @@ async def session(
                 # a long burst, --m 300 or more, keeps their rounding small)
                 result["deliveries_per_cpu_s"] = n * m / cpu if cpu else 0.0
                 result["cpu_us_per_delivery"] = cpu / (n * m) * 1e6
+            if "quiet" in phases:
+                result.update(await _quiet_burst(server, pool, m, frame_bytes))
         finally:
             pool.close()
             await asyncio.sleep(0.2)
     return result
+
+
+async def _quiet_burst(server: Running, pool: Pool, m: int, frame_bytes: int) -> dict[str, Any]:
+    """The server's own CPU per delivery of a burst, the clients' reads kept out of
+    it: they stop reading, the ``m`` broadcasts land in their sockets' receive
+    buffers (``m`` x the frame must fit: 500 x 70 B does on loopback's 128 KiB),
+    the server's CPU is read once it is quiet again, then the clients read and
+    are checked. With clients on the server's cores, each write otherwise wakes a
+    reader that competes with the writer for its core."""
+    n = len(pool.clients)
+    for c in pool.clients:
+        assert c.transport is not None
+        c.transport.pause_reading()
+    t0, idle0, machine_idle0 = time.perf_counter(), server.run_seconds(), machine_busy_seconds()
+    await asyncio.sleep(1.0)
+    took = time.perf_counter() - t0
+    idle_per_s = (server.run_seconds() - idle0) / took
+    machine_idle_per_s = (machine_busy_seconds() - machine_idle0) / took
+    done = pool.arm(m * frame_bytes)
+    route, body = burst_request(m, SIZE)
+    start, cpu0, machine0 = time.perf_counter(), server.run_seconds(), machine_busy_seconds()
+    await server.post(route, body)
+    cpu1 = await _quiet(server, idle_per_s)
+    took = time.perf_counter() - start
+    busy = cpu1 - cpu0 - idle_per_s * took
+    # The kernel's loopback work is charged to the writer, or to ksoftirqd when it
+    # defers it: the machine's CPU (nothing else runs) counts it either way.
+    machine = machine_busy_seconds() - machine0 - machine_idle_per_s * took
+    resumed, cpu2 = time.perf_counter(), server.run_seconds()
+    for c in pool.clients:
+        assert c.transport is not None
+        c.transport.resume_reading()
+    await asyncio.wait_for(done, max(30.0, n * m / 2000))
+    # What the server still wrote once the clients read again (a burst that did not
+    # fit their buffers): it should be nothing but its idle rate.
+    late = server.run_seconds() - cpu2 - idle_per_s * (time.perf_counter() - resumed)
+    counts = await _settled_counts(pool)
+    if counts != {m * frame_bytes: n}:
+        raise CheckFailed(f"{server.spec.name}: quiet burst counts {counts}")
+    return {
+        "quiet_m": m,
+        "quiet_us_per_delivery": busy / (n * m) * 1e6,
+        "quiet_machine_us_per_delivery": machine / (n * m) * 1e6,
+        "quiet_late_ms": late * 1000,
+    }

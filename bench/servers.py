@@ -186,6 +186,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def run_seconds(pid: int) -> float:
+    """Seconds every thread of ``pid`` has run on a CPU so far, from ``schedstat``
+    (nanoseconds, where ``stat`` counts 10 ms ticks)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for task in os.scandir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"{task.path}/schedstat") as fh:
+                total += int(fh.read().split()[0])
+    return total / 1e9
+
+
 def tree(pid: int) -> list[int]:
     """``pid`` and its live descendants (a scan of /proc: no children file needed)."""
     parent: dict[int, list[int]] = {}
@@ -329,6 +340,11 @@ class Running:
     def cpu_seconds(self) -> float:
         """The server's CPU so far: of its process, or its whole tree (workers)."""
         return cpu_seconds(self.proc.pid) if self.spec.pinned else tree_cpu_seconds(self.proc.pid)
+
+    def run_seconds(self) -> float:
+        """As ``cpu_seconds``, to the nanosecond (``schedstat``)."""
+        pids = [self.proc.pid] if self.spec.pinned else tree(self.proc.pid)
+        return sum(run_seconds(p) for p in pids)
 
     def cpu_by_process(self) -> dict[str, float]:
         """CPU so far of each process of the server's tree (one entry if pinned)."""

@@ -8,6 +8,7 @@ python -m bench memory --servers im,aiohttp
 python -m bench unicast --modes grpc,http,grpc-stream,http-stream
 python -m bench unicast --servers im --push-flags ack --server-args "--broker redis"
 python -m bench scaling --servers im-w1,im-w2,im --n 10000 --m 300 --channels 8
+python -m bench quiet --servers im-w1,im-w2 --n 10000 --m 1000   # CPU/delivery, readers paused
 python -m bench unicast --servers base-w2,im-w2 --base ../im-old   # workers, two trees
 python -m bench ack
 python -m bench delivery --base ../im-old     # store / ack costs and logins per broker

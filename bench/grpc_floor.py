@@ -7,6 +7,10 @@ Each server form runs in its own process pinned to the server CPU; this process
 flight on one ``grpc.aio`` channel, and prints calls/s and server CPU per call:
 
     aio            grpc.aio server, async handler, uvloop (what im runs)
+    aio-yield      the same, the handler yields to the loop once before it answers
+                   (as one that waits for another worker's answer must)
+    aio-x2         two ``aio`` servers on one port (SO_REUSEPORT, as ``--workers 2``),
+                   unpinned, the calls over 8 channels: CPU per call of both
     aio-asyncio    the same on the default asyncio loop
     aio-migrate    grpc.aio with ``migration_thread_pool``, a sync handler
     sync           grpc.server with a thread pool, sync handler
@@ -37,12 +41,18 @@ from im_plugins.pb import im_v1_pb2_grpc
 
 from .servers import HOST, LOADGEN_CPU, ROOT, SERVER_CPU, cpu_seconds, free_port
 
-KINDS = ("aio", "aio-asyncio", "aio-migrate", "sync", "sync-hop")
+KINDS = ("aio", "aio-yield", "aio-x2", "aio-asyncio", "aio-migrate", "sync", "sync-hop")
 IN_FLIGHT = 32
 
 
 class AsyncPing(im_v1_pb2_grpc.ImServicer):
     async def Ping(self, request: pb.PingRequest, context: Any) -> pb.PingReply:
+        return pb.PingReply(node_id=1)
+
+
+class YieldingPing(im_v1_pb2_grpc.ImServicer):
+    async def Ping(self, request: pb.PingRequest, context: Any) -> pb.PingReply:
+        await asyncio.sleep(0)
         return pb.PingReply(node_id=1)
 
 
@@ -84,7 +94,8 @@ def serve(kind: str, port: int) -> None:
             im_v1_pb2_grpc.add_ImServicer_to_server(SyncPing(), aio)
         else:
             aio = grpc.aio.server()
-            im_v1_pb2_grpc.add_ImServicer_to_server(AsyncPing(), aio)
+            servicer = YieldingPing() if kind == "aio-yield" else AsyncPing()
+            im_v1_pb2_grpc.add_ImServicer_to_server(servicer, aio)
         aio.add_insecure_port(address)
         await aio.start()
         await aio.wait_for_termination()
@@ -99,25 +110,42 @@ async def _worker(stub: im_v1_pb2_grpc.ImStub, todo: Iterator[int]) -> None:
 
 async def measure(kind: str, calls: int) -> str:
     port = free_port()
-    argv = [sys.executable, "-m", "bench.grpc_floor", "serve", kind, str(port)]
-    proc = subprocess.Popen(  # noqa: ASYNC220 - started before timing
-        ["taskset", "-c", str(SERVER_CPU), *argv],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    serving = "aio" if kind == "aio-x2" else kind
+    argv = [sys.executable, "-m", "bench.grpc_floor", "serve", serving, str(port)]
+    # aio-x2: both servers on every core, as the workers of ``im-run --workers 2``
+    cpus = f"0-{(os.cpu_count() or 1) - 1}" if kind == "aio-x2" else str(SERVER_CPU)
+    procs = [
+        subprocess.Popen(  # noqa: ASYNC220 - started before timing
+            ["taskset", "-c", cpus, *argv],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        for _ in range(2 if kind == "aio-x2" else 1)
+    ]
+    # Several channels, each its own connection (so with two servers, both get some).
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [
+        grpc.aio.insecure_channel(f"{HOST}:{port}", options=options)
+        for _ in range(8 if kind == "aio-x2" else 1)
+    ]
     try:
-        async with grpc.aio.insecure_channel(f"{HOST}:{port}") as channel:
+        for channel in channels:
             await asyncio.wait_for(channel.channel_ready(), 30)
-            stub = im_v1_pb2_grpc.ImStub(channel)
-            for n in (calls // 10, calls):  # warm-up, then timed
-                todo = iter(range(n))
-                cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
-                await asyncio.gather(*(_worker(stub, todo) for _ in range(IN_FLIGHT)))
-                elapsed = time.perf_counter() - t0
-            cpu = cpu_seconds(proc.pid) - cpu0
+        stubs = [im_v1_pb2_grpc.ImStub(channel) for channel in channels]
+        for n in (calls // 10, calls):  # warm-up, then timed
+            todo = iter(range(n))
+            cpu0, t0 = sum(cpu_seconds(p.pid) for p in procs), time.perf_counter()
+            await asyncio.gather(
+                *(_worker(stubs[i % len(stubs)], todo) for i in range(IN_FLIGHT))
+            )
+            elapsed = time.perf_counter() - t0
+        cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
     finally:
-        proc.terminate()
-        proc.wait(10)
+        for channel in channels:
+            await channel.close()
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
     return (
         f"{kind:<12} {n / elapsed:9,.0f} calls/s  server busy {cpu / elapsed:4.2f}  "
         f"{cpu / n * 1e6:4.0f} us of server CPU per call"

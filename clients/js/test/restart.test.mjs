@@ -22,9 +22,11 @@ test("reconnects to a restarted server on the same port", async () => {
     // While the port is closed the attempts fail and are retried.
     const failed = await next(c, "disconnected");
     assert.equal(failed.willReconnect, true);
+    // Listen first: the client may reconnect before start() has seen the server up.
+    const reconnected = next(c, "connected", { timeout: 20_000 });
     const second = await new Im([], first.port).start();
     try {
-      assert.equal((await next(c, "connected")).connects, 2);
+      assert.equal((await reconnected).connects, 2);
       const got = next(c, "message");
       await second.api("push_user", { user: "restart", text: "new server" });
       assert.equal((await got).text(), "new server");

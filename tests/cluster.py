@@ -4,14 +4,16 @@ throwaway broker servers, ``im-run`` subprocesses."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -149,6 +151,17 @@ class BrokerProcess:
             *self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         await wait_port(self.port)
+
+    @contextlib.contextmanager
+    def stalled(self) -> Iterator[None]:
+        """The broker stopped (SIGSTOP) for the block: it keeps its connections and
+        data but answers nothing."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.proc.send_signal(signal.SIGCONT)
 
     async def kill(self) -> None:
         if self.proc is not None:

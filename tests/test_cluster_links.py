@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from im_client import Client
+from im_core import Server
 from im_core.errors import Unavailable
 
 from .cluster import BrokerProcess, broker_options, new_prefix
@@ -23,6 +24,12 @@ from .test_cluster import visible
 from .test_cluster_failures import Connect, broker, own_broker, two_nodes
 
 __all__ = ["broker", "own_broker"]  # fixtures, parametrized over the brokers
+
+
+async def routed(node: Server, bob: Client) -> None:
+    """A push from ``node`` reaches bob on another node: ``node`` learns his route."""
+    assert (await node.push("bob", b"one")).missing == ()
+    assert (await bob.receive()).data == b"one"
 
 
 @pytest.fixture
@@ -41,38 +48,23 @@ async def test_a_push_to_a_node_of_this_machine_does_not_need_the_broker(
 ) -> None:
     a, b, _, bob = await two_nodes(broker, own_broker, make_server, connect, node_links=str(links))
     assert sorted(os.listdir(links)) == sorted(f"{n.node_id}.sock" for n in (a, b))
-    assert (await a.push("bob", b"one")).missing == ()  # a learns: bob is on b
-    assert (await bob.receive()).data == b"one"
-    assert own_broker.proc is not None
-    own_broker.proc.send_signal(signal.SIGSTOP)  # the broker answers nothing now
-    try:
+    await routed(a, bob)
+    with own_broker.stalled():  # the broker answers nothing now
         for i in range(3):
             assert (await a.push("bob", b"%d" % i)).missing == ()
         assert [(await bob.receive()).data for _ in range(3)] == [b"0", b"1", b"2"]
         with pytest.raises(Unavailable):  # a user b has not looked up needs the broker
             await b.push("alice", b"lookup")
-    finally:
-        own_broker.proc.send_signal(signal.SIGCONT)
 
 
 async def test_without_a_shared_directory_requests_go_through_the_broker(
-    broker: str,
-    own_broker: BrokerProcess,
-    make_server: MakeServer,
-    connect: Connect,
-    links: Path,
+    broker: str, own_broker: BrokerProcess, make_server: MakeServer, connect: Connect
 ) -> None:
     # Without links the same stall fails the push: it is the link that carried it.
     a, _, _, bob = await two_nodes(broker, own_broker, make_server, connect)
-    assert (await a.push("bob", b"one")).missing == ()
-    assert (await bob.receive()).data == b"one"
-    assert own_broker.proc is not None
-    own_broker.proc.send_signal(signal.SIGSTOP)
-    try:
-        with pytest.raises(Unavailable):  # not confirmed, and bob cannot be looked up
-            await a.push("bob", b"two")
-    finally:
-        own_broker.proc.send_signal(signal.SIGCONT)
+    await routed(a, bob)
+    with own_broker.stalled(), pytest.raises(Unavailable):
+        await a.push("bob", b"two")  # not confirmed, and bob cannot be looked up
 
 
 async def test_nodes_elsewhere_or_gone_are_asked_through_the_broker(
@@ -98,8 +90,7 @@ async def test_nodes_elsewhere_or_gone_are_asked_through_the_broker(
     assert (await carol.receive()).data == b"to c"
     assert (await alice.receive()).data == b"to a"
 
-    assert (await a.push("bob", b"one")).missing == ()
-    assert (await bob.receive()).data == b"one"
+    await routed(a, bob)
     gone = b.node_id
     await b.stop()
     assert f"{gone}.sock" not in os.listdir(here)  # removed when b stopped

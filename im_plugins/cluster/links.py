@@ -229,7 +229,6 @@ class Links:
             return NO_LINK
         if link.transport.is_closing():
             raise Unavailable(f"link to node {node} closed")
-        self._refused.pop(node, None)
         rid = next(self._rids) & 0xFFFFFFFF
         waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         link.waiters[rid] = waiter

@@ -17,6 +17,7 @@ import pytest
 from im_client import Client
 from im_core import Server
 from im_core.errors import Unavailable
+from im_plugins.cluster.links import HEADER, MAX_FRAME
 
 from .cluster import BrokerProcess, broker_options, new_prefix
 from .conftest import MakeServer
@@ -103,3 +104,29 @@ async def test_nodes_elsewhere_or_gone_are_asked_through_the_broker(
     start = loop.time()
     assert (await a.push("bob", b"two")).missing == ("bob",)
     assert loop.time() - start < 0.5
+
+
+async def test_a_link_refuses_oversized_frames_and_answers_garbage_with_nothing(
+    broker: str,
+    own_broker: BrokerProcess,
+    make_server: MakeServer,
+    connect: Connect,
+    links: Path,
+) -> None:
+    """Whatever connects to a node's socket (only this user can: the directory is
+    private) gets no more than it sends: a frame header over ``MAX_FRAME`` closes
+    the link at once, an unreadable request gets an empty answer, and the node
+    keeps serving."""
+    a, b, _, bob = await two_nodes(broker, own_broker, make_server, connect, node_links=str(links))
+    path = str(links / f"{b.node_id}.sock")
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(HEADER.pack(MAX_FRAME + 1, 1))
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing buffered
+    writer.close()
+
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(HEADER.pack(5, 7) + b"junk!")
+    size, rid = HEADER.unpack(await asyncio.wait_for(reader.readexactly(HEADER.size), 5))
+    assert (size, rid) == (0, 7)
+    writer.close()
+    await routed(a, bob)  # b still answers its peers
